@@ -1,0 +1,117 @@
+// swift-tools-version:6.0
+// LiveMount: an iSCSI target that boots virtual machines straight out of
+// their backups. Modules follow ../shared/DESIGN.md; dependencies run one way:
+// transport (ISCSIProtocol, TargetServer) → SCSI → BlockDevice.
+import PackageDescription
+
+let strict: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+]
+
+let package = Package(
+    name: "LiveMount",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "livemountd", targets: ["livemountd"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
+    ],
+    targets: [
+        // MARK: - System libraries and C support
+        .systemLibrary(name: "CLibAIO", path: "Sources/CLibAIO"),
+        .systemLibrary(name: "CLibISCSI", path: "Sources/CLibISCSI"),
+        .systemLibrary(name: "CSQLite", path: "Sources/CSQLite"),
+        .target(name: "CCRC32C", cSettings: [.unsafeFlags(["-O3"])]),
+
+        // MARK: - Storage foundations
+        .target(
+            name: "SQLiteStore",
+            dependencies: ["CSQLite"],
+            swiftSettings: strict
+        ),
+        .target(
+            name: "BlockDevice",
+            dependencies: [
+                "CLibAIO", "CLibISCSI",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+
+        // MARK: - SCSI (SPC-4 / SBC-4 emulation)
+        .target(
+            name: "SCSI",
+            dependencies: [
+                "BlockDevice", "SQLiteStore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+
+        // MARK: - Transport (RFC 7143)
+        .target(
+            name: "ISCSIProtocol",
+            dependencies: [
+                "CCRC32C",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: strict
+        ),
+        .target(
+            name: "TargetServer",
+            dependencies: [
+                "ISCSIProtocol", "SCSI", "BlockDevice",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict
+        ),
+
+        // MARK: - Executables
+        .executableTarget(
+            name: "livemountd",
+            dependencies: [
+                "TargetServer", "SCSI", "BlockDevice",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict
+        ),
+
+        // MARK: - Tests
+        .testTarget(
+            name: "ISCSIProtocolTests",
+            dependencies: ["ISCSIProtocol", .product(name: "NIOCore", package: "swift-nio")]
+        ),
+        .testTarget(
+            name: "BlockDeviceTests",
+            dependencies: ["BlockDevice", .product(name: "NIOCore", package: "swift-nio")]
+        ),
+        .testTarget(
+            name: "SCSITests",
+            dependencies: ["SCSI", "BlockDevice", .product(name: "NIOCore", package: "swift-nio")]
+        ),
+        .testTarget(
+            name: "TargetServerTests",
+            dependencies: [
+                "TargetServer", "ISCSIProtocol", "SCSI", "BlockDevice", "CLibISCSI",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+            ]
+        ),
+    ]
+)
