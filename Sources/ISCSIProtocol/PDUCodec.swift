@@ -114,8 +114,21 @@ public struct PDUSerializer: Sendable {
 
     /// Appends `pdu` to `out`; DataSegmentLength and TotalAHSLength are set from the PDU's contents.
     public func write(_ pdu: ISCSIPDU, into out: inout ByteBuffer) {
+        let dataLength = pdu.data.readableBytes
+        writeHeader(pdu, dataLength: dataLength, into: &out)
+        if dataLength > 0 {
+            var data = pdu.data
+            out.writeBuffer(&data)
+            writeTrailer(for: pdu.data, into: &out)
+        }
+    }
+
+    /// Appends the header (BHS, AHS, header digest) of a PDU whose data
+    /// segment of `dataLength` bytes the caller sends separately, followed by
+    /// `writeTrailer(for:into:)`: large Data-In goes out without a copy.
+    public func writeHeader(_ pdu: ISCSIPDU, dataLength: Int, into out: inout ByteBuffer) {
         var header = pdu.header
-        header.dataSegmentLength = pdu.data.readableBytes
+        header.dataSegmentLength = dataLength
         header.totalAHSLength = pdu.additionalHeaders.count / 4
         let headerStart = out.writerIndex
         out.writeBytes(header.bytes)
@@ -124,15 +137,16 @@ public struct PDUSerializer: Sendable {
             let digest = out.getSlice(at: headerStart, length: out.writerIndex - headerStart).map(CRC32C.checksum) ?? 0
             out.writeInteger(digest, endianness: .little)
         }
-        let dataLength = pdu.data.readableBytes
-        if dataLength > 0 {
-            var data = pdu.data
-            out.writeBuffer(&data)
-            let padding = (4 - dataLength % 4) % 4
-            if padding > 0 { out.writeRepeatingByte(0, count: padding) }
-            if dataDigest {
-                out.writeInteger(CRC32C.checksum(pdu.data, padding: padding), endianness: .little)
-            }
+    }
+
+    /// Appends the padding and data digest that follow a data segment.
+    public func writeTrailer(for data: ByteBuffer, into out: inout ByteBuffer) {
+        let dataLength = data.readableBytes
+        guard dataLength > 0 else { return }
+        let padding = (4 - dataLength % 4) % 4
+        if padding > 0 { out.writeRepeatingByte(0, count: padding) }
+        if dataDigest {
+            out.writeInteger(CRC32C.checksum(data, padding: padding), endianness: .little)
         }
     }
 

@@ -1,0 +1,789 @@
+import ISCSIProtocol
+import Logging
+import NIOCore
+import SCSI
+
+/// Negotiated values the full-feature phase works with (from the login's SessionParameters).
+struct ConnectionParameters: Sendable {
+    var maxRecvDataSegmentLength: Int
+    /// What we may send in one PDU: the initiator's MaxRecvDataSegmentLength.
+    var maxXmitDataSegmentLength: Int
+    var maxBurstLength: Int
+    var firstBurstLength: Int
+    var initialR2T: Bool
+    var immediateData: Bool
+    var maxOutstandingR2T: Int
+    var dataPDUInOrder: Bool
+    var headerDigest: Bool
+    var dataDigest: Bool
+    var isDiscovery: Bool
+    var initiatorName: String
+    var targetName: String?
+    var isid: UInt64
+    var tsih: UInt16
+}
+
+/// One iSCSI connection (and, with MaxConnections=1, its session).
+///
+/// Thin in the STYLE.md sense: bytes in → `PDUParser` → the login state
+/// machine or the full-feature bookkeeping (`CommandWindow`,
+/// `DataOutAssembler`) → PDUs out. SCSI commands run as Swift tasks on the
+/// SCSI layer; their results come back to this event loop.
+final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    // MARK: - State
+
+    private enum Phase {
+        case login(LoginDriver)
+        case fullFeature
+        case closing
+    }
+
+    /// One task the initiator started and has not seen the end of.
+    private final class TaskState {
+        let itt: UInt32
+        let lun: UInt64
+        let command: SCSICommandPDU?
+        /// It took a CmdSN slot (non-immediate), freed when it ends.
+        let inWindow: Bool
+        var assembler: DataOutAssembler?
+        var executing = false
+        var aborted = false
+        /// Continuations to run when the task ends (a pending TMF waits on it).
+        var onEnd: [() -> Void] = []
+
+        init(itt: UInt32, lun: UInt64, command: SCSICommandPDU?, inWindow: Bool) {
+            self.itt = itt
+            self.lun = lun
+            self.command = command
+            self.inWindow = inWindow
+        }
+    }
+
+    private let server: ServerContext
+    private var logger: Logger
+    private var phase: Phase
+    private var parser = PDUParser()
+    private var serializer = PDUSerializer()
+    private var cumulation: ByteBuffer?
+    private var context: ChannelHandlerContext?
+
+    private var statSN: UInt32 = 0
+    private var window = CommandWindow(initialCmdSN: 0, size: 1)
+    private var parameters: ConnectionParameters?
+    private var target: TargetRuntime?
+    private var nexus: ITNexus?
+    private var sessionKey: SessionRegistry.Key?
+    private var tasks: [UInt32: TaskState] = [:]
+    /// Commands ahead of a CmdSN gap (RFC 7143 §4.2.2.1), by CmdSN.
+    private var heldPDUs: [UInt32: ISCSIPDU] = [:]
+    private var nextTargetTransferTag: UInt32 = 1
+    private var textNegotiation = TextContinuation()
+    private var pendingLogout: (() -> Void)?
+    private var closeAfterFlush = false
+
+    // Target pings (RFC 7143 §11.19).
+    private var lastActivity = NIODeadline.now()
+    private var outstandingPing: (tag: UInt32, sent: NIODeadline)?
+    private var pingTask: RepeatedTask?
+
+    init(server: ServerContext, remote: String) {
+        self.server = server
+        var logger = server.logger
+        logger[metadataKey: "peer"] = "\(remote)"
+        self.logger = logger
+        self.phase = .login(LoginDriver(server: server))
+    }
+
+    // MARK: - Channel events
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        logger.debug("connection opened")
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        pingTask?.cancel()
+        pingTask = nil
+        endSession()
+        phase = .closing
+        context.fireChannelInactive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var bytes = unwrapInboundIn(data)
+        if var existing = cumulation {
+            existing.writeBuffer(&bytes)
+            cumulation = existing
+        } else {
+            cumulation = bytes
+        }
+        lastActivity = .now()
+        guard var buffer = cumulation else { return }
+        cumulation = nil
+        defer {
+            if buffer.readableBytes > 0 {
+                if buffer.readerIndex > 65536 { buffer.discardReadBytes() }
+                cumulation = buffer
+            }
+        }
+        while true {
+            if case .closing = phase { return }
+            let outcome: PDUParser.Outcome?
+            do {
+                outcome = try parser.parse(&buffer)
+            } catch {
+                connectionError("\(error)", rejecting: nil, reason: .protocolError)
+                return
+            }
+            guard let outcome else { return }
+            switch outcome {
+            case .pdu(let pdu):
+                received(pdu)
+            case .dataDigestError(let header):
+                // RFC 7143 §7.8: a data digest error is answered with Reject; at
+                // ErrorRecoveryLevel 0 the connection cannot recover the data.
+                connectionError("data digest error", rejecting: header.bytes, reason: .dataDigestError)
+                return
+            }
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        context.flush()
+        if closeAfterFlush { context.close(promise: nil) }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        logger.debug("connection error: \(error)")
+        context.close(promise: nil)
+    }
+
+    // MARK: - Dispatch
+
+    private func received(_ pdu: ISCSIPDU) {
+        switch phase {
+        case .login(var driver):
+            guard pdu.opcode == .loginRequest else {
+                // RFC 7143 §6.3: only Login Requests before the full-feature phase.
+                logger.info("\(pdu.opcode.map { "\($0)" } ?? "opcode 0x\(String(pdu.header.rawOpcode, radix: 16))") before login completed")
+                let response = driver.invalidDuringLogin(pdu)
+                send(response)
+                closeSoon()
+                return
+            }
+            let outcome = driver.received(LoginRequestPDU(pdu))
+            phase = .login(driver)
+            handleLogin(outcome)
+        case .fullFeature:
+            fullFeature(pdu)
+        case .closing:
+            return
+        }
+    }
+
+    private func handleLogin(_ outcome: LoginDriver.Outcome) {
+        switch outcome {
+        case .respond(let pdu):
+            send(pdu)
+        case .fail(let pdu, let why):
+            server.metrics.loginFailures.increment()
+            logger.notice("login refused: \(why)")
+            send(pdu)
+            closeSoon()
+        case .complete(let pdu, let params):
+            send(pdu)
+            enterFullFeaturePhase(params)
+        }
+    }
+
+    private func enterFullFeaturePhase(_ params: LoginDriver.Completed) {
+        let p = params.parameters
+        parameters = p
+        statSN = params.nextStatSN
+        window = CommandWindow(initialCmdSN: params.expCmdSN, size: server.configuration.limits.commandWindow)
+        // RFC 7143 §13.1: digests start with the first PDU after the final login response.
+        parser.headerDigest = p.headerDigest
+        parser.dataDigest = p.dataDigest
+        parser.maxRecvDataSegmentLength = p.maxRecvDataSegmentLength
+        serializer.headerDigest = p.headerDigest
+        serializer.dataDigest = p.dataDigest
+        logger[metadataKey: "initiator"] = "\(p.initiatorName)"
+        server.metrics.logins.increment()
+        if let name = p.targetName, let runtime = server.targets[name] {
+            target = runtime
+            let nexus = ITNexus(
+                initiatorName: p.initiatorName, isid: p.isid, targetName: name, portalGroupTag: server.portalGroupTag)
+            self.nexus = nexus
+            runtime.scsi.nexusEstablished(nexus)
+            let key = SessionRegistry.Key(initiatorName: p.initiatorName, isid: p.isid, targetName: name)
+            sessionKey = key
+            let channel = context?.channel
+            server.registry.register(key, tsih: p.tsih) { channel?.close(promise: nil) }
+            server.metrics.sessions.record(server.registry.count)
+            logger.info("session \(p.tsih) logged in to \(name)")
+        } else {
+            logger.info("discovery session logged in")
+        }
+        phase = .fullFeature
+        startPings()
+    }
+
+    private func endSession() {
+        for task in tasks.values { task.aborted = true }
+        if let key = sessionKey, let p = parameters {
+            server.registry.unregister(key, tsih: p.tsih)
+            server.metrics.sessions.record(server.registry.count)
+        }
+        if let nexus, let target {
+            target.scsi.nexusReleased(nexus)
+        }
+        sessionKey = nil
+        nexus = nil
+    }
+
+    // MARK: - Full-feature phase
+
+    private func fullFeature(_ pdu: ISCSIPDU) {
+        guard let opcode = pdu.opcode else {
+            reject(pdu, reason: .commandNotSupported)
+            return
+        }
+        switch opcode {
+        case .scsiCommand, .nopOut, .taskManagementRequest, .textRequest, .logoutRequest:
+            ordered(pdu)
+        case .dataOut:
+            dataOut(DataOutPDU(pdu), header: pdu.header)
+        case .snackRequest:
+            // RFC 7143 §11.16: SNACK needs ErrorRecoveryLevel > 0; we negotiate 0.
+            reject(pdu, reason: .protocolError)
+        default:
+            // A target opcode from an initiator (RFC 7143 §11.17.1 reason 0x04).
+            connectionError("target opcode \(opcode) from the initiator", rejecting: pdu.header.bytes, reason: .protocolError)
+        }
+    }
+
+    /// PDUs that carry a CmdSN go through the command window.
+    private func ordered(_ pdu: ISCSIPDU) {
+        let cmdSN = pdu.header.uint32(at: 24)
+        // RFC 7143 §11.18: a NOP-Out answering our ping (ITT 0xFFFFFFFF) is not a command.
+        if pdu.opcode == .nopOut && pdu.header.initiatorTaskTag == 0xFFFF_FFFF {
+            nopOut(NOPOutPDU(pdu), inWindow: false)
+            return
+        }
+        switch window.received(cmdSN: cmdSN, immediate: pdu.header.immediate) {
+        case .ignore:
+            logger.debug("CmdSN \(cmdSN) outside [\(window.expCmdSN), \(window.maxCmdSN)]: ignored")
+        case .hold:
+            heldPDUs[cmdSN] = pdu
+        case .deliver:
+            deliver(pdu, inWindow: !pdu.header.immediate)
+            while let next = window.nextHeld() {
+                if let held = heldPDUs.removeValue(forKey: next) { deliver(held, inWindow: true) }
+            }
+        }
+    }
+
+    private func deliver(_ pdu: ISCSIPDU, inWindow: Bool) {
+        switch pdu.opcode {
+        case .scsiCommand:
+            do {
+                try scsiCommand(SCSICommandPDU(pdu), inWindow: inWindow)
+            } catch {
+                if inWindow { window.completed() }
+                reject(pdu, reason: .invalidPDUField)
+            }
+        case .nopOut:
+            nopOut(NOPOutPDU(pdu), inWindow: inWindow)
+        case .taskManagementRequest:
+            taskManagement(TaskManagementRequestPDU(pdu), inWindow: inWindow)
+        case .textRequest:
+            text(TextRequestPDU(pdu), inWindow: inWindow)
+        case .logoutRequest:
+            logout(LogoutRequestPDU(pdu), inWindow: inWindow)
+        default:
+            if inWindow { window.completed() }
+        }
+    }
+
+    // MARK: SCSI Command (RFC 7143 §11.3)
+
+    private func scsiCommand(_ command: SCSICommandPDU, inWindow: Bool) {
+        guard let params = parameters, let target, let nexus, !params.isDiscovery else {
+            // RFC 7143 §4.3: a discovery session carries only Text, NOP and Logout.
+            if inWindow { window.completed() }
+            reject(command.pdu, reason: .protocolError)
+            return
+        }
+        server.metrics.commands.increment()
+        if tasks[command.initiatorTaskTag] != nil {
+            // RFC 7143 §11.17.1 reason 0x07: a task with this tag is in progress.
+            if inWindow { window.completed() }
+            reject(command.pdu, reason: .taskInProgress)
+            return
+        }
+        let task = TaskState(itt: command.initiatorTaskTag, lun: command.lun, command: command, inWindow: inWindow)
+        let edtl = Int(command.expectedDataTransferLength)
+        if command.write && edtl > 0 {
+            guard command.data.readableBytes == 0 || params.immediateData else {
+                if inWindow { window.completed() }
+                connectionError("immediate data with ImmediateData=No", rejecting: command.pdu.header.bytes, reason: .protocolError)
+                return
+            }
+            let limits = DataOutAssembler.Limits(
+                firstBurstLength: params.firstBurstLength, maxBurstLength: params.maxBurstLength,
+                maxOutstandingR2T: params.maxOutstandingR2T, initialR2T: params.initialR2T,
+                dataPDUInOrder: params.dataPDUInOrder)
+            do {
+                task.assembler = try DataOutAssembler(
+                    expectedLength: edtl, immediateData: command.data, final: command.final, limits: limits,
+                    allocator: context?.channel.allocator ?? ByteBufferAllocator())
+            } catch {
+                if inWindow { window.completed() }
+                connectionError(error.description, rejecting: command.pdu.header.bytes, reason: .protocolError)
+                return
+            }
+            tasks[task.itt] = task
+            advanceWrite(task)
+            return
+        }
+        if command.data.readableBytes > 0 && !command.write {
+            if inWindow { window.completed() }
+            connectionError("immediate data on a command without W", rejecting: command.pdu.header.bytes, reason: .protocolError)
+            return
+        }
+        tasks[task.itt] = task
+        execute(task, target: target, nexus: nexus, dataOut: ByteBuffer())
+    }
+
+    /// Sends the R2Ts a write task needs, or runs it once its data is in.
+    private func advanceWrite(_ task: TaskState) {
+        guard var assembler = task.assembler, let target, let nexus else { return }
+        if assembler.isComplete {
+            task.assembler = nil
+            execute(task, target: target, nexus: nexus, dataOut: assembler.assembled)
+            return
+        }
+        let requests = assembler.nextR2Ts { self.makeTargetTransferTag() }
+        task.assembler = assembler
+        for r in requests {
+            let r2t = ReadyToTransferPDU(
+                lun: task.lun, initiatorTaskTag: task.itt, targetTransferTag: r.targetTransferTag,
+                sequence: currentSequence(), r2tSN: r.r2tSN, bufferOffset: UInt32(r.offset),
+                desiredDataTransferLength: UInt32(r.length))
+            send(r2t.pdu)
+        }
+    }
+
+    private func makeTargetTransferTag() -> UInt32 {
+        let tag = nextTargetTransferTag
+        nextTargetTransferTag = nextTargetTransferTag == 0xFFFF_FFFE ? 1 : nextTargetTransferTag + 1
+        return tag
+    }
+
+    // MARK: Data-Out (RFC 7143 §11.7)
+
+    private func dataOut(_ pdu: DataOutPDU, header: BasicHeaderSegment) {
+        guard let task = tasks[pdu.initiatorTaskTag], var assembler = task.assembler else {
+            // Data for a task we do not know (or that was aborted): RFC 7143 §11.17.1 reason 0x09.
+            reject(ISCSIPDU(header: header), reason: .invalidPDUField)
+            return
+        }
+        do {
+            try assembler.receive(pdu)
+        } catch {
+            connectionError(error.description, rejecting: header.bytes, reason: .protocolError)
+            return
+        }
+        task.assembler = assembler
+        advanceWrite(task)
+    }
+
+    // MARK: Execution
+
+    private func execute(_ task: TaskState, target: TargetRuntime, nexus: ITNexus, dataOut: ByteBuffer) {
+        guard let command = task.command, let eventLoop = context?.eventLoop else { return }
+        task.executing = true
+        let scsiCommand = SCSICommand(
+            cdb: command.cdb, nexus: nexus, expectedDataTransferLength: command.expectedDataTransferLength,
+            isWrite: command.write, isRead: command.read, dataOut: dataOut,
+            taskAttribute: TaskAttribute(rawValue: command.attribute) ?? .simple, taskTag: command.initiatorTaskTag)
+        let lun = decodeLUN(command.lun)
+        let bound = NIOLoopBound(self, eventLoop: eventLoop)
+        let itt = task.itt
+        let scsi = target.scsi
+        Task {
+            let result = await scsi.execute(lun: lun, command: scsiCommand)
+            eventLoop.execute {
+                bound.value.completed(itt: itt, result: result)
+            }
+        }
+    }
+
+    private func completed(itt: UInt32, result: SCSIResult) {
+        guard let task = tasks.removeValue(forKey: itt) else { return }
+        if task.inWindow { window.completed() }
+        defer { for end in task.onEnd { end() } }
+        guard !task.aborted, case .fullFeature = phase, let command = task.command, let params = parameters else {
+            return
+        }
+        sendResult(result, for: command, params: params)
+        context?.flush()
+    }
+
+    /// Data-In and status for a finished command (RFC 7143 §11.4, §11.7),
+    /// with the residual against the Expected Data Transfer Length (§11.4.5).
+    private func sendResult(_ result: SCSIResult, for command: SCSICommandPDU, params: ConnectionParameters) {
+        let edtl = Int(command.expectedDataTransferLength)
+        var overflow = false
+        var underflow = false
+        var residual = 0
+        var dataSN: UInt32 = 0
+        if let needed = result.dataOutLength {
+            if needed > edtl {
+                overflow = true
+                residual = needed - edtl
+            } else if needed < edtl {
+                underflow = true
+                residual = edtl - needed
+            }
+        }
+        var data = result.dataIn ?? ByteBuffer()
+        if command.read || data.readableBytes > 0 {
+            let produced = data.readableBytes
+            if produced > edtl || !command.read {
+                overflow = true
+                residual = produced - (command.read ? edtl : 0)
+                data.moveWriterIndex(to: data.readerIndex + (command.read ? edtl : 0))
+            } else if produced < edtl && result.dataOutLength == nil {
+                underflow = true
+                residual = edtl - produced
+            }
+            server.metrics.bytesRead.increment(by: Int64(data.readableBytes))
+        }
+        let collapse = result.status == .good && result.sense == nil
+        if data.readableBytes > 0 {
+            let segment = max(512, params.maxXmitDataSegmentLength)
+            let burst = max(segment, params.maxBurstLength)
+            var offset = 0
+            var inBurst = 0
+            let total = data.readableBytes
+            while offset < total {
+                let length = min(segment, total - offset, burst - inBurst)
+                let slice = data.getSlice(at: data.readerIndex + offset, length: length) ?? ByteBuffer()
+                let last = offset + length == total
+                inBurst += length
+                var pdu = DataInPDU(
+                    initiatorTaskTag: command.initiatorTaskTag, sequence: currentSequence(peek: true), dataSN: dataSN,
+                    bufferOffset: UInt32(offset), data: slice)
+                // RFC 7143 §11.7.1: F ends each sequence (at most MaxBurstLength).
+                pdu.final = last || inBurst >= burst
+                if inBurst >= burst { inBurst = 0 }
+                if last && collapse {
+                    pdu.status = result.status.rawValue
+                    pdu.residualOverflow = overflow
+                    pdu.residualUnderflow = underflow
+                    pdu.residualCount = UInt32(residual)
+                    pdu.sequence = currentSequence()
+                }
+                send(pdu.pdu, flush: false)
+                dataSN &+= 1
+                offset += length
+            }
+            if collapse { return }
+        } else if command.write, result.status == .good {
+            server.metrics.bytesWritten.increment(by: Int64(result.dataOutLength ?? command.data.readableBytes))
+        }
+        var response = SCSIResponsePDU(
+            status: result.status.rawValue, initiatorTaskTag: command.initiatorTaskTag, sequence: currentSequence())
+        response.expDataSN = dataSN
+        response.residualOverflow = overflow
+        response.residualUnderflow = underflow
+        response.residualCount = UInt32(residual)
+        if let sense = result.sense { response.sense = sense.fixedFormatBytes }
+        send(response.pdu, flush: false)
+    }
+
+    // MARK: NOP (RFC 7143 §11.18, §11.19)
+
+    private func nopOut(_ nop: NOPOutPDU, inWindow: Bool) {
+        if inWindow { window.completed() }
+        if nop.targetTransferTag != 0xFFFF_FFFF {
+            // The answer to our ping.
+            if outstandingPing?.tag == nop.targetTransferTag { outstandingPing = nil }
+            if nop.initiatorTaskTag == 0xFFFF_FFFF { return }
+        }
+        guard nop.initiatorTaskTag != 0xFFFF_FFFF else { return }
+        var echo = nop.data
+        if let max = parameters?.maxXmitDataSegmentLength, echo.readableBytes > max {
+            echo.moveWriterIndex(to: echo.readerIndex + max)
+        }
+        let nopIn = NOPInPDU(
+            initiatorTaskTag: nop.initiatorTaskTag, targetTransferTag: 0xFFFF_FFFF, sequence: currentSequence(), data: echo)
+        var pdu = nopIn.pdu
+        pdu.header.lun = nop.lun
+        send(pdu)
+    }
+
+    private func startPings() {
+        let interval = server.configuration.nopInInterval
+        guard interval > 0, let context else { return }
+        let timeout = TimeAmount.seconds(Int64(server.configuration.nopInTimeout))
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        pingTask = context.eventLoop.scheduleRepeatedTask(
+            initialDelay: .seconds(Int64(interval)), delay: .seconds(Int64(interval))
+        ) { _ in
+            bound.value.pingTick(interval: .seconds(Int64(interval)), timeout: timeout)
+        }
+    }
+
+    private func pingTick(interval: TimeAmount, timeout: TimeAmount) {
+        guard case .fullFeature = phase else { return }
+        let now = NIODeadline.now()
+        if let ping = outstandingPing {
+            if now - ping.sent > timeout {
+                logger.notice("no answer to NOP-In ping: closing the connection")
+                context?.close(promise: nil)
+            }
+            return
+        }
+        guard now - lastActivity >= interval else { return }
+        let tag = makeTargetTransferTag()
+        outstandingPing = (tag, now)
+        // RFC 7143 §11.19: a ping has ITT 0xFFFFFFFF and does not advance StatSN.
+        let ping = NOPInPDU(initiatorTaskTag: 0xFFFF_FFFF, targetTransferTag: tag, sequence: currentSequence(peek: true))
+        send(ping.pdu)
+    }
+
+    // MARK: Task management (RFC 7143 §11.5, SAM-5 §7)
+
+    private func taskManagement(_ request: TaskManagementRequestPDU, inWindow: Bool) {
+        if inWindow { window.completed() }
+        guard let target, let nexus else {
+            respondTMF(request, response: 6)  // no target in a discovery session: authorization failed
+            return
+        }
+        let lun = decodeLUN(request.lun)
+        let lunExists = target.scsi.luns.contains(lun)
+        let affected: [TaskState]
+        let scsiFunction: TaskManagementFunction?
+        switch request.function {
+        case 1:  // ABORT TASK
+            guard lunExists else { return respondTMF(request, response: 2) }
+            guard let task = tasks[request.referencedTaskTag], !task.aborted else {
+                return respondTMF(request, response: 1)
+            }
+            affected = [task]
+            scsiFunction = nil
+        case 2, 4:  // ABORT TASK SET, CLEAR TASK SET
+            guard lunExists else { return respondTMF(request, response: 2) }
+            affected = tasks.values.filter { $0.lun == request.lun }
+            scsiFunction = request.function == 2 ? .abortTaskSet : .clearTaskSet
+        case 5:  // LOGICAL UNIT RESET
+            guard lunExists else { return respondTMF(request, response: 2) }
+            affected = tasks.values.filter { $0.lun == request.lun }
+            scsiFunction = .logicalUnitReset
+        case 6, 7:  // TARGET WARM RESET, TARGET COLD RESET
+            affected = Array(tasks.values)
+            scsiFunction = request.function == 6 ? .targetWarmReset : .targetColdReset
+        case 8:  // TASK REASSIGN: needs ErrorRecoveryLevel 2
+            return respondTMF(request, response: 4)
+        default:  // CLEAR ACA (no ACA support) and reserved functions
+            return respondTMF(request, response: 5)
+        }
+        // Abort: tasks still collecting Data-Out end now; executing ones end
+        // when their I/O returns, without a response (RFC 7143 §4.2.3.3).
+        var waiting = 0
+        for task in affected where task.itt != request.initiatorTaskTag {
+            task.aborted = true
+            if task.executing {
+                waiting += 1
+            } else {
+                tasks[task.itt] = nil
+                if task.inWindow { window.completed() }
+            }
+        }
+        let finish: () -> Void = { [self] in
+            guard let function = scsiFunction else {
+                respondTMF(request, response: 0)
+                return
+            }
+            let eventLoop = context?.eventLoop
+            let bound = eventLoop.map { NIOLoopBound(self, eventLoop: $0) }
+            let scsi = target.scsi
+            Task {
+                _ = await scsi.taskManagement(function, lun: lun, nexus: nexus)
+                eventLoop?.execute {
+                    guard let handler = bound?.value else { return }
+                    handler.respondTMF(request, response: 0)
+                    if function == .targetColdReset { handler.closeSoon() }
+                }
+            }
+        }
+        if waiting == 0 {
+            finish()
+            return
+        }
+        var remaining = waiting
+        for task in affected where task.executing && task.itt != request.initiatorTaskTag {
+            task.onEnd.append {
+                remaining -= 1
+                if remaining == 0 { finish() }
+            }
+        }
+    }
+
+    private func respondTMF(_ request: TaskManagementRequestPDU, response: UInt8) {
+        let pdu = TaskManagementResponsePDU(
+            response: response, initiatorTaskTag: request.initiatorTaskTag, sequence: currentSequence())
+        send(pdu.pdu)
+        context?.flush()
+    }
+
+    // MARK: Text (RFC 7143 §11.10)
+
+    private func text(_ request: TextRequestPDU, inWindow: Bool) {
+        if inWindow { window.completed() }
+        guard let params = parameters else { return }
+        let answer = textNegotiation.received(
+            request, server: server, parameters: params, allowedTarget: target?.name)
+        switch answer {
+        case .respond(let final, let ttt, let data):
+            let response = TextResponsePDU(
+                final: final, initiatorTaskTag: request.initiatorTaskTag, targetTransferTag: ttt,
+                sequence: currentSequence(), data: data)
+            var pdu = response.pdu
+            if !final { pdu.header.flags |= 0x40 }
+            send(pdu)
+        case .reject:
+            reject(ISCSIPDU(header: headerOf(request)), reason: .protocolError)
+        }
+    }
+
+    private func headerOf(_ request: TextRequestPDU) -> BasicHeaderSegment {
+        var h = BasicHeaderSegment(opcode: .textRequest)
+        h.final = request.final
+        h.initiatorTaskTag = request.initiatorTaskTag
+        h.setUInt32(request.targetTransferTag, at: 20)
+        h.setUInt32(request.cmdSN, at: 24)
+        return h
+    }
+
+    // MARK: Logout (RFC 7143 §11.14)
+
+    private func logout(_ request: LogoutRequestPDU, inWindow: Bool) {
+        if inWindow { window.completed() }
+        let respond: () -> Void = { [self] in
+            // Reason 2 (remove the connection for recovery) needs ErrorRecoveryLevel 2.
+            let code: UInt8 = request.reasonCode == 2 ? 2 : 0
+            let response = LogoutResponsePDU(
+                response: code, initiatorTaskTag: request.initiatorTaskTag, sequence: currentSequence())
+            send(response.pdu)
+            if code == 0 {
+                logger.info("logout")
+                closeSoon()
+            }
+        }
+        let running = tasks.values.filter { $0.executing }
+        if running.isEmpty || request.reasonCode == 2 {
+            respond()
+        } else {
+            // Let executing commands finish and answer first.
+            var remaining = running.count
+            for task in running {
+                task.onEnd.append {
+                    remaining -= 1
+                    if remaining == 0 {
+                        respond()
+                        self.context?.flush()
+                    }
+                }
+            }
+        }
+    }
+
+    // MARK: - Output
+
+    /// StatSN/ExpCmdSN/MaxCmdSN for the next PDU; unless `peek`, the PDU
+    /// carries status and StatSN advances (RFC 7143 §4.2.2.2).
+    private func currentSequence(peek: Bool = false) -> SequenceNumbers {
+        let sn = SequenceNumbers(statSN: statSN, expCmdSN: window.expCmdSN, maxCmdSN: window.maxCmdSN)
+        if !peek { statSN &+= 1 }
+        return sn
+    }
+
+    private func send(_ pdu: ISCSIPDU, flush: Bool = false) {
+        guard let context else { return }
+        let dataLength = pdu.data.readableBytes
+        if dataLength >= 16384 {
+            // Large data goes out as its own buffer: no copy, one writev.
+            var header = context.channel.allocator.buffer(capacity: 52 + pdu.additionalHeaders.count)
+            serializer.writeHeader(pdu, dataLength: dataLength, into: &header)
+            context.write(wrapOutboundOut(header), promise: nil)
+            context.write(wrapOutboundOut(pdu.data), promise: nil)
+            var trailer = context.channel.allocator.buffer(capacity: 8)
+            serializer.writeTrailer(for: pdu.data, into: &trailer)
+            if trailer.readableBytes > 0 { context.write(wrapOutboundOut(trailer), promise: nil) }
+        } else {
+            var out = context.channel.allocator.buffer(capacity: serializer.encodedLength(pdu))
+            serializer.write(pdu, into: &out)
+            context.write(wrapOutboundOut(out), promise: nil)
+        }
+        if flush { context.flush() }
+    }
+
+    private func send(_ pdu: LoginResponsePDU) {
+        send(pdu.pdu)
+    }
+
+    /// Reject a PDU that the connection survives (RFC 7143 §11.17).
+    private func reject(_ pdu: ISCSIPDU, reason: RejectPDU.Reason) {
+        server.metrics.rejects.increment()
+        logger.info("reject \(reason) for opcode 0x\(String(pdu.header.rawOpcode, radix: 16))")
+        let reject = RejectPDU(reason: reason, sequence: currentSequence(), rejectedHeader: pdu.header.bytes)
+        send(reject.pdu)
+    }
+
+    /// A connection-level failure: Reject where the header is known, then close.
+    private func connectionError(_ why: String, rejecting header: [UInt8]?, reason: RejectPDU.Reason) {
+        logger.notice("closing connection: \(why)")
+        server.metrics.rejects.increment()
+        if let header, case .fullFeature = phase {
+            let reject = RejectPDU(reason: reason, sequence: currentSequence(), rejectedHeader: header)
+            send(reject.pdu)
+        }
+        closeSoon()
+    }
+
+    private func closeSoon() {
+        phase = .closing
+        closeAfterFlush = true
+        guard let context else { return }
+        context.flush()
+        context.close(promise: nil)
+    }
+}
+
+/// The 8-byte LUN field (SAM-5 §4.7): single-level peripheral (00b) and flat (01b) addressing.
+func decodeLUN(_ raw: UInt64) -> UInt64 {
+    let first = UInt16(raw >> 48)
+    switch first >> 14 {
+    case 0, 1: return UInt64(first & 0x3FFF)
+    default: return UInt64(first)
+    }
+}
+
+/// The inverse of `decodeLUN` for REPORT LUNS and tests: peripheral addressing below 256, flat above.
+func encodeLUN(_ lun: UInt64) -> UInt64 {
+    lun < 256 ? lun << 48 : ((0x4000 | (lun & 0x3FFF)) << 48)
+}
