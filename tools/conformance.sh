@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Starts livemountd on 127.0.0.1 with a free port, serving a writable scratch
+# LUN 0 and a read-only LUN 1, runs ../shared/conformance/iscsi-conformance
+# against LUN 0 (two paths, for MultipathIO) and the ReadOnly tests against
+# LUN 1, stops the daemon, and fails on any FAIL.
+#   tools/conformance.sh [-f FILTER] [-o results.tsv]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+filter='.'; out=""
+while getopts "f:o:" opt; do
+  case $opt in f) filter=$OPTARG ;; o) out=$OPTARG ;; *) exit 2 ;; esac
+done
+suite=${LIVEMOUNT_CONFORMANCE:-../shared/conformance/iscsi-conformance}
+[ -x "$suite" ] || { echo "conformance suite not found at $suite" >&2; exit 2; }
+
+swift build -c release --product livemountd >&2
+bin="$(swift build -c release --show-bin-path)/livemountd"
+work=$(mktemp -d /var/tmp/livemount-conformance.XXXXXX)
+daemon=""
+cleanup() { [ -n "$daemon" ] && kill "$daemon" 2>/dev/null && wait "$daemon" 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+truncate -s 256M "$work/rw.img"
+truncate -s 64M "$work/ro.img"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+iqn=iqn.2026-11.org.livemount:conformance
+"$bin" --listen "127.0.0.1:$port" --target "$iqn" --lun "0=$work/rw.img" --lun "1=$work/ro.img,ro" \
+  --state-dir "$work/state" --log-level warning >"$work/daemon.out" 2>"$work/daemon.err" &
+daemon=$!
+for _ in $(seq 1 100); do grep -q listening "$work/daemon.out" 2>/dev/null && break; sleep 0.1; done
+grep -q listening "$work/daemon.out" || { echo "livemountd did not start:"; cat "$work/daemon.err"; exit 1; }
+
+url="iscsi://127.0.0.1:$port/$iqn"
+rc=0
+"$suite" -f "$filter" ${out:+-o "$out"} "$url/0" "$url/0" | tee "$work/rw.log" || rc=1
+echo "== read-only LUN"
+"$suite" -f '^SCSI\.ReadOnly' "$url/1" | tee "$work/ro.log" || rc=1
+kill -0 "$daemon" 2>/dev/null || { echo "livemountd died during the suite:"; tail -20 "$work/daemon.err"; rc=1; }
+grep -q '^FAIL' "$work/rw.log" "$work/ro.log" && rc=1
+if grep -q ' 0 passed' "$work/ro.log"; then echo "ReadOnly tests did not pass on the read-only LUN"; rc=1; fi
+tail -1 "$work/rw.log"
+exit $rc
