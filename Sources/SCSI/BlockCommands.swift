@@ -1,0 +1,331 @@
+import BlockDevice
+import NIOCore
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+// MARK: - SBC-4 data transfer commands
+
+extension LogicalUnit {
+    /// The common checks of the READ/WRITE family: no protection information
+    /// (RDPROTECT/WRPROTECT must be zero), TRANSFER LENGTH within the Block
+    /// Limits VPD maximum, and the range on the medium.
+    @inline(__always)
+    private func checkTransfer(_ r: ReadWriteCDB) throws(SenseData) {
+        if r.protect != 0 { throw .invalidFieldInCDB(byte: 1, bit: 7) }
+        if r.blocks > limits.maximumTransferLength { throw .invalidFieldInCDB(byte: r.lengthByte) }
+        try checkRange(lba: r.lba, blocks: UInt64(r.blocks))
+    }
+
+    /// READ(6/10/12/16) (SBC-4 §5.13-5.16): the device's buffer is returned as is.
+    func read(_ command: SCSICommand) async throws(SenseData) -> SCSIResult {
+        let r = ReadWriteCDB(command.cdb)
+        try checkTransfer(r)
+        if r.blocks == 0 { return .good }
+        return .good(data: try await readBlocks(lba: r.lba, blocks: UInt64(r.blocks)))
+    }
+
+    /// WRITE(6/10/12/16) (SBC-4 §5.39-5.42); FUA makes the write durable before GOOD.
+    func write(_ command: SCSICommand) async throws(SenseData) -> SCSIResult {
+        let r = ReadWriteCDB(command.cdb)
+        try checkTransfer(r)
+        let data = try dataOut(command, length: Int(r.blocks) * blockSize)
+        if r.blocks == 0 { return .good }
+        let token = await rangeLock.lock(lba: r.lba, blocks: UInt64(r.blocks))
+        defer { rangeLock.unlock(token) }
+        try await writeBlocks(lba: r.lba, data: data, fua: r.fua)
+        return .good
+    }
+
+    /// WRITE AND VERIFY(10/12/16) (SBC-4 §5.43-5.45): the data is written
+    /// through to the medium; the verification of what we just wrote is
+    /// trivially satisfied by a store that returns what it was given.
+    func writeAndVerify(_ command: SCSICommand) async throws(SenseData) -> SCSIResult {
+        let r = ReadWriteCDB(command.cdb)
+        try checkTransfer(r)
+        let data = try dataOut(command, length: Int(r.blocks) * blockSize)
+        if r.blocks == 0 { return .good }
+        let token = await rangeLock.lock(lba: r.lba, blocks: UInt64(r.blocks))
+        defer { rangeLock.unlock(token) }
+        try await writeBlocks(lba: r.lba, data: data, fua: true)
+        return .good
+    }
+
+    /// VERIFY(10/12/16) (SBC-4 §5.35-5.37): BYTCHK 00b reads the blocks,
+    /// 01b compares them with the Data-Out, 11b compares each with one block;
+    /// a difference is MISCOMPARE with INFORMATION = offset of the first byte.
+    func verify(_ command: SCSICommand) async throws(SenseData) -> SCSIResult {
+        let r = ReadWriteCDB(command.cdb)
+        let byteCheck = (command.cdb[1] >> 1) & 0x03
+        if byteCheck == 2 { throw .invalidFieldInCDB(byte: 1, bit: 2) }
+        try checkTransfer(r)
+        let expected: ByteBuffer?
+        switch byteCheck {
+        case 1: expected = try dataOut(command, length: Int(r.blocks) * blockSize)
+        case 3: expected = try dataOut(command, length: blockSize)
+        default: expected = nil
+        }
+        if r.blocks == 0 { return .good }
+        let medium = try await readBlocks(lba: r.lba, blocks: UInt64(r.blocks))
+        guard let expected else { return .good }
+        if let offset = firstMismatch(medium, expected, repeating: byteCheck == 3) {
+            throw .miscompare(offset: UInt64(offset))
+        }
+        return .good
+    }
+
+    /// COMPARE AND WRITE (SBC-4 §5.3): under the range lock, compares the
+    /// first half of the Data-Out with the medium and, when equal, writes the
+    /// second half.
+    func compareAndWrite(_ command: SCSICommand) async throws(SenseData) -> SCSIResult {
+        let cdb = command.cdb
+        if cdb[1] >> 5 != 0 { throw .invalidFieldInCDB(byte: 1, bit: 7) }
+        let lba = cdb.be64(2)
+        let blocks = UInt64(cdb[13])
+        if blocks > UInt64(limits.maximumCompareAndWriteLength) { throw .invalidFieldInCDB(byte: 13) }
+        try checkRange(lba: lba, blocks: blocks)
+        let length = Int(blocks) * blockSize
+        let data = try dataOut(command, length: 2 * length)
+        if blocks == 0 { return .good }
+        let verifyData = data.getSlice(at: data.readerIndex, length: length) ?? ByteBuffer()
+        let writeData = data.getSlice(at: data.readerIndex + length, length: length) ?? ByteBuffer()
+
+        let token = await rangeLock.lock(lba: lba, blocks: blocks)
+        defer { rangeLock.unlock(token) }
+        let medium = try await readBlocks(lba: lba, blocks: blocks)
+        if let offset = firstMismatch(medium, verifyData, repeating: false) {
+            throw .miscompare(offset: UInt64(offset))
+        }
+        try await writeBlocks(lba: lba, data: writeData, fua: cdb[1] & 0x08 != 0)
+        return .good
+    }
+
+    /// ORWRITE(16) (SBC-4 §5.10): medium = medium OR Data-Out, atomically
+    /// with respect to other writes of the range.
+    func orWrite(_ command: SCSICommand) async throws(SenseData) -> SCSIResult {
+        let r = ReadWriteCDB(command.cdb)
+        try checkTransfer(r)
+        let data = try dataOut(command, length: Int(r.blocks) * blockSize)
+        if r.blocks == 0 { return .good }
+        let token = await rangeLock.lock(lba: r.lba, blocks: UInt64(r.blocks))
+        defer { rangeLock.unlock(token) }
+        var medium = try await readBlocks(lba: r.lba, blocks: UInt64(r.blocks))
+        var result = ByteBufferAllocator().buffer(capacity: data.readableBytes)
+        medium.withUnsafeMutableReadableBytes { m in
+            data.withUnsafeReadableBytes { d in
+                for i in 0..<Swift.min(m.count, d.count) { m[i] |= d[i] }
+            }
+        }
+        result.writeBuffer(&medium)
+        try await writeBlocks(lba: r.lba, data: result, fua: r.fua)
+        return .good
+    }
+
+    /// WRITE SAME(10/16) (SBC-4 §5.47, §5.48): one block of Data-Out (or
+    /// zeros with NDOB) written to every block of the range; with UNMAP and a
+    /// block of zeros, the range is deallocated instead (reads return zeros, LBPRZ).
+    func writeSame(_ command: SCSICommand) async throws(SenseData) -> SCSIResult {
+        let cdb = command.cdb
+        let sixteen = cdb[0] == Opcode.writeSame16
+        if cdb[1] >> 5 != 0 { throw .invalidFieldInCDB(byte: 1, bit: 7) }
+        if cdb[1] & 0x10 != 0 { throw .invalidFieldInCDB(byte: 1, bit: 4) }  // ANCHOR: ANC_SUP is 0
+        let unmapRequested = cdb[1] & 0x08 != 0
+        let noDataOutBuffer = sixteen && cdb[1] & 0x01 != 0
+        let lba = sixteen ? cdb.be64(2) : UInt64(cdb.be32(2))
+        let blocks = sixteen ? UInt64(cdb.be32(10)) : UInt64(cdb.be16(7))
+        let lengthByte = sixteen ? 10 : 7
+        if blocks == 0 { throw .invalidFieldInCDB(byte: lengthByte) }  // WSNZ = 1
+        if blocks > limits.maximumWriteSameLength { throw .invalidFieldInCDB(byte: lengthByte) }
+        try checkRange(lba: lba, blocks: blocks)
+
+        var block: ByteBuffer
+        if noDataOutBuffer {
+            block = ByteBufferAllocator().buffer(capacity: blockSize)
+            block.writeRepeatingByte(0, count: blockSize)
+        } else {
+            block = try dataOut(command, length: blockSize)
+        }
+        let isZero = block.withUnsafeReadableBytes { $0.allSatisfy { $0 == 0 } }
+
+        let token = await rangeLock.lock(lba: lba, blocks: blocks)
+        defer { rangeLock.unlock(token) }
+        if unmapRequested && isZero && supportsUnmap {
+            do {
+                try await device.unmap(offset: lba * UInt64(blockSize), length: Int(blocks) * blockSize)
+            } catch {
+                throw SenseData.from(error, lba: lba, isWrite: true)
+            }
+            return .good
+        }
+        let chunkBlocks = Swift.min(blocks, UInt64(Swift.max(1, (1 << 20) / blockSize)))
+        var chunk = ByteBufferAllocator().buffer(capacity: Int(chunkBlocks) * blockSize)
+        for _ in 0..<chunkBlocks { chunk.writeImmutableBuffer(block) }
+        var done: UInt64 = 0
+        while done < blocks {
+            let n = Swift.min(chunkBlocks, blocks - done)
+            let piece = n == chunkBlocks ? chunk : (chunk.getSlice(at: chunk.readerIndex, length: Int(n) * blockSize) ?? chunk)
+            try await writeBlocks(lba: lba + done, data: piece, fua: false)
+            done += n
+        }
+        return .good
+    }
+
+    // MARK: - Logical block provisioning
+
+    /// UNMAP (SBC-4 §5.32): validates the whole parameter list, then
+    /// deallocates each described range.
+    func unmap(_ command: SCSICommand) async throws(SenseData) -> SCSIResult {
+        let cdb = command.cdb
+        if cdb[1] & 0x01 != 0 { throw .invalidFieldInCDB(byte: 1, bit: 0) }  // ANCHOR: ANC_SUP is 0
+        let length = Int(cdb.be16(7))
+        if length == 0 { return .good }
+        if length < 8 { throw .parameterListLengthError }
+        let buffer = try dataOut(command, length: length)
+        let list = buffer.getBytes(at: buffer.readerIndex, length: length) ?? []
+        let descriptorBytes = Swift.min(Int(list.be16(2)), length - 8)
+        let count = descriptorBytes / 16
+        if count > Int(limits.maximumUnmapDescriptors) { throw .invalidFieldInParameterList(byte: 2) }
+        var ranges: [(lba: UInt64, blocks: UInt64)] = []
+        ranges.reserveCapacity(count)
+        for i in 0..<count {
+            let at = 8 + 16 * i
+            let lba = list.be64(at)
+            let blocks = UInt64(list.be32(at + 8))
+            if blocks > UInt64(limits.maximumUnmapLBACount) { throw .invalidFieldInParameterList(byte: at + 8) }
+            try checkRange(lba: lba, blocks: blocks)
+            if blocks > 0 { ranges.append((lba, blocks)) }
+        }
+        for range in ranges {
+            let token = await rangeLock.lock(lba: range.lba, blocks: range.blocks)
+            defer { rangeLock.unlock(token) }
+            do {
+                try await device.unmap(offset: range.lba * UInt64(blockSize), length: Int(range.blocks) * blockSize)
+            } catch {
+                throw SenseData.from(error, lba: range.lba, isWrite: true)
+            }
+        }
+        return .good
+    }
+
+    /// GET LBA STATUS (SBC-4 §5.8): provisioning status descriptors from
+    /// STARTING LOGICAL BLOCK ADDRESS on, as many as the allocation length holds.
+    func getLBAStatus(_ command: SCSICommand) async throws(SenseData) -> SCSIResult {
+        let cdb = command.cdb
+        let start = cdb.be64(2)
+        let allocation = Int(cdb.be32(10))
+        let count = blockCount
+        guard start < count else { throw .lbaOutOfRange }
+        let window = Swift.min(count - start, 1 << 20)
+        let bs = UInt64(blockSize)
+        let extents: [AllocationExtent]
+        do {
+            extents = try await device.allocationStatus(offset: start * bs, length: Int(window * bs))
+        } catch {
+            throw SenseData.from(error, lba: start, isWrite: false)
+        }
+        let maxDescriptors = Swift.max(1, (allocation - 8) / 16)
+        var runs: [(lba: UInt64, blocks: UInt64, deallocated: Bool)] = []
+        var next = start
+        for e in extents.sorted(by: { $0.offset < $1.offset }) {
+            let lo = Swift.max(e.offset / bs, next)
+            let hi = Swift.min((e.offset + e.length) / bs, start + window)
+            guard hi > lo else { continue }
+            if lo > next { runs.append((next, lo - next, false)) }  // a gap the device left out: mapped
+            let deallocated = e.status == .deallocated
+            if let last = runs.last, last.deallocated == deallocated, last.lba + last.blocks == lo {
+                runs[runs.count - 1].blocks += hi - lo
+            } else {
+                runs.append((lo, hi - lo, deallocated))
+            }
+            next = hi
+        }
+        if runs.isEmpty { runs.append((start, window, false)) }
+        var data: [UInt8] = [0, 0, 0, 0, 0, 0, 0, 0]
+        for run in runs.prefix(maxDescriptors) {
+            var d = [UInt8](repeating: 0, count: 16)
+            d.put(run.lba, at: 0, width: 8)
+            d.put(UInt32(clamping: run.blocks), at: 8, width: 4)
+            d[12] = run.deallocated ? 0x01 : 0x00  // PROVISIONING STATUS
+            data += d
+        }
+        data.put(UInt32(data.count - 4), at: 0, width: 4)
+        return dataIn(data, allocationLength: allocation)
+    }
+
+    // MARK: - Cache and capacity
+
+    /// SYNCHRONIZE CACHE(10/16) (SBC-4 §5.26, §5.27): NUMBER OF LOGICAL BLOCKS
+    /// 0 means to the end of the medium; the whole device is flushed.
+    func synchronizeCache(_ command: SCSICommand) async throws(SenseData) -> SCSIResult {
+        let r = ReadWriteCDB(command.cdb)
+        try checkRange(lba: r.lba, blocks: UInt64(r.blocks))
+        do {
+            try await device.flush()
+        } catch {
+            throw SenseData.from(error, lba: r.lba, isWrite: true)
+        }
+        return .good
+    }
+
+    /// PRE-FETCH(10/16) (SBC-4 §5.9, §5.10): range-checked; GOOD means the
+    /// blocks were not staged in a cache (there is none to stage them in).
+    func preFetch(_ command: SCSICommand) throws(SenseData) -> SCSIResult {
+        let r = ReadWriteCDB(command.cdb)
+        try checkRange(lba: r.lba, blocks: UInt64(r.blocks))
+        return .good
+    }
+
+    /// READ CAPACITY(10) (SBC-4 §5.20): RETURNED LOGICAL BLOCK ADDRESS capped at FFFFFFFFh.
+    func readCapacity10(_ command: SCSICommand) throws(SenseData) -> SCSIResult {
+        let cdb = command.cdb
+        if cdb[8] & 0x01 == 0 && cdb.be32(2) != 0 { throw .invalidFieldInCDB(byte: 2) }
+        var data = [UInt8](repeating: 0, count: 8)
+        let last = blockCount == 0 ? 0 : blockCount - 1
+        data.put(UInt32(clamping: last), at: 0, width: 4)
+        data.put(UInt32(blockSize), at: 4, width: 4)
+        return dataIn(data, allocationLength: 8)
+    }
+
+    /// READ CAPACITY(16) (SBC-4 §5.21): LBPME and LBPRZ with unmap support.
+    func readCapacity16(_ command: SCSICommand) throws(SenseData) -> SCSIResult {
+        let cdb = command.cdb
+        if cdb[14] & 0x01 == 0 && cdb.be64(2) != 0 { throw .invalidFieldInCDB(byte: 2) }
+        let allocation = Int(cdb.be32(10))
+        var data = [UInt8](repeating: 0, count: 32)
+        data.put(blockCount == 0 ? 0 : blockCount - 1, at: 0, width: 8)
+        data.put(UInt32(blockSize), at: 8, width: 4)
+        if supportsUnmap { data[14] = 0x80 | 0x40 }  // LBPME, LBPRZ
+        return dataIn(data, allocationLength: allocation)
+    }
+
+    /// READ DEFECT DATA(10/12) (SBC-4 §5.17, §5.18): an empty defect list in
+    /// the requested format.
+    func readDefectData(_ command: SCSICommand) -> SCSIResult {
+        let cdb = command.cdb
+        if cdb[0] == Opcode.readDefectData10 {
+            return dataIn([0, cdb[2] & 0x1F, 0, 0], allocationLength: Int(cdb.be16(7)))
+        }
+        return dataIn([0, cdb[1] & 0x1F, 0, 0, 0, 0, 0, 0], allocationLength: Int(cdb.be32(6)))
+    }
+}
+
+/// Offset of the first byte where `medium` differs from `expected` (or, with
+/// `repeating`, from `expected` repeated for every block), nil when equal.
+func firstMismatch(_ medium: ByteBuffer, _ expected: ByteBuffer, repeating: Bool) -> Int? {
+    medium.withUnsafeReadableBytes { m -> Int? in
+        expected.withUnsafeReadableBytes { e -> Int? in
+            guard !e.isEmpty else { return nil }
+            if !repeating {
+                let n = Swift.min(m.count, e.count)
+                if n > 0, let mb = m.baseAddress, let eb = e.baseAddress, memcmp(mb, eb, n) == 0 { return nil }
+                for i in 0..<n where m[i] != e[i] { return i }
+                return nil
+            }
+            for i in 0..<m.count where m[i] != e[i % e.count] { return i }
+            return nil
+        }
+    }
+}

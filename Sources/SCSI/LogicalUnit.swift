@@ -1,0 +1,253 @@
+import BlockDevice
+import Logging
+import NIOCore
+import Synchronization
+
+/// The I_T nexuses that currently exist on a target, shared by its logical
+/// units so that a command can establish a unit attention for "every other
+/// nexus" (SAM-5 §5.14).
+final class NexusRegistry: Sendable {
+    private let nexuses = Mutex(Set<ITNexus>())
+
+    func insert(_ nexus: ITNexus) { nexuses.withLock { _ = $0.insert(nexus) } }
+    func remove(_ nexus: ITNexus) { nexuses.withLock { _ = $0.remove(nexus) } }
+    var all: [ITNexus] { nexuses.withLock { Array($0) } }
+}
+
+/// One SCSI direct-access block device (SBC-4) over a `BlockDevice`.
+///
+/// Commands run concurrently: the hot path (READ/WRITE) takes no lock except
+/// an atomic check for pending unit attentions; small mutable state (unit
+/// attentions, mode parameters) sits behind `Mutex`es or atomics.
+final class LogicalUnit: Sendable {
+    let lun: UInt64
+    let configuration: LogicalUnitConfiguration
+    let device: any BlockDevice
+    let targetName: String
+    let reservations: ReservationManager
+    let copyEngine: ExtendedCopyEngine
+    let copyResolver: CopyTargetResolver
+    let nexusRegistry: NexusRegistry
+    let logger: Logger
+
+    /// Bytes per logical block, fixed for the life of the LU.
+    let blockSize: Int
+    /// Logical blocks, refreshed from the device by `capacityChanged()`.
+    private let blockCountValue: Atomic<UInt64>
+    /// Write-protected by configuration or by the backing store (SBC-4 §4.11).
+    let hardWriteProtect: Bool
+    /// Current mode parameters (MODE SELECT changes them).
+    let mode: Mutex<ModeParameters>
+    /// Fast copy of the control mode page SWP bit, read on every write.
+    let softwareWriteProtect: Atomic<Bool>
+    /// Serialises COMPARE AND WRITE / ORWRITE against overlapping writes.
+    let rangeLock = RangeLock()
+    /// Limits reported in the Block Limits VPD page and enforced on CDBs.
+    let limits: BlockLimits
+
+    /// Pending unit attentions per nexus, oldest first (SAM-5 §5.14).
+    private let unitAttentions = Mutex([ITNexus: [SenseData]]())
+    /// Number of queued unit attentions, so the hot path skips the lock when zero.
+    private let pendingUnitAttentions = Atomic<Int>(0)
+
+    init(
+        configuration: LogicalUnitConfiguration, targetName: String, reservations: ReservationManager,
+        copyEngine: ExtendedCopyEngine, copyResolver: @escaping CopyTargetResolver, nexusRegistry: NexusRegistry,
+        logger: Logger
+    ) {
+        self.lun = configuration.lun
+        self.configuration = configuration
+        self.device = configuration.device
+        self.targetName = targetName
+        self.reservations = reservations
+        self.copyEngine = copyEngine
+        self.copyResolver = copyResolver
+        self.nexusRegistry = nexusRegistry
+        self.logger = logger
+        self.blockSize = configuration.device.blockSize
+        self.blockCountValue = Atomic(configuration.device.blockCount)
+        self.hardWriteProtect = configuration.readOnly || configuration.device.isReadOnly
+        let defaults = ModeParameters.defaults(for: configuration)
+        self.mode = Mutex(defaults)
+        self.softwareWriteProtect = Atomic(defaults.softwareWriteProtect)
+        self.limits = BlockLimits(blockSize: configuration.device.blockSize, supportsUnmap: configuration.device.supportsUnmap)
+    }
+
+    /// Number of logical blocks.
+    var blockCount: UInt64 { blockCountValue.load(ordering: .relaxed) }
+
+    /// Whether medium-modifying commands get WRITE PROTECTED now.
+    var isWriteProtected: Bool { hardWriteProtect || softwareWriteProtect.load(ordering: .relaxed) }
+
+    /// Whether UNMAP and WRITE SAME with UNMAP deallocate (logical block provisioning, SBC-4 §4.7).
+    var supportsUnmap: Bool { device.supportsUnmap && !hardWriteProtect }
+
+    /// The 8 bytes of the NAA designator in VPD 83h (naaIdentifier, big-endian).
+    var naaDesignator: [UInt8] {
+        var b = [UInt8](repeating: 0, count: 8)
+        b.put(configuration.naaIdentifier, at: 0, width: 8)
+        return b
+    }
+
+    /// Re-reads the device's capacity; when it changed, every nexus gets
+    /// CAPACITY DATA HAS CHANGED (SBC-4 §4.6). Returns the new block count.
+    @discardableResult
+    func capacityChanged() -> UInt64 {
+        let new = device.blockCount
+        let old = blockCountValue.exchange(new, ordering: .relaxed)
+        if old != new { establishUnitAttention(.capacityDataChanged, except: nil) }
+        return new
+    }
+
+    // MARK: - Unit attentions
+
+    /// Queues `sense` for `nexus` (duplicates of a queued condition are dropped).
+    func queueUnitAttention(_ sense: SenseData, for nexus: ITNexus) {
+        unitAttentions.withLock { table in
+            var queue = table[nexus] ?? []
+            guard !queue.contains(sense), queue.count < 16 else { return }
+            queue.append(sense)
+            table[nexus] = queue
+            pendingUnitAttentions.add(1, ordering: .relaxed)
+        }
+    }
+
+    /// Queues `sense` for every existing nexus except `except`.
+    func establishUnitAttention(_ sense: SenseData, except: ITNexus?) {
+        for nexus in nexusRegistry.all where nexus != except { queueUnitAttention(sense, for: nexus) }
+    }
+
+    /// Removes and returns the oldest unit attention for `nexus`, if any.
+    func takeUnitAttention(for nexus: ITNexus) -> SenseData? {
+        guard pendingUnitAttentions.load(ordering: .relaxed) > 0 else { return nil }
+        return unitAttentions.withLock { table -> SenseData? in
+            guard var queue = table[nexus], !queue.isEmpty else { return nil }
+            let first = queue.removeFirst()
+            table[nexus] = queue.isEmpty ? nil : queue
+            pendingUnitAttentions.subtract(1, ordering: .relaxed)
+            return first
+        }
+    }
+
+    /// Removes a specific queued condition (REPORT LUNS clears REPORTED LUNS DATA HAS CHANGED, SPC-4 §6.33).
+    func clearUnitAttention(_ sense: SenseData, for nexus: ITNexus) {
+        guard pendingUnitAttentions.load(ordering: .relaxed) > 0 else { return }
+        unitAttentions.withLock { table in
+            guard var queue = table[nexus], let i = queue.firstIndex(of: sense) else { return }
+            queue.remove(at: i)
+            table[nexus] = queue.isEmpty ? nil : queue
+            pendingUnitAttentions.subtract(1, ordering: .relaxed)
+        }
+    }
+
+    /// Forgets every condition queued for `nexus` (the nexus is gone).
+    func dropUnitAttentions(for nexus: ITNexus) {
+        unitAttentions.withLock { table in
+            if let queue = table.removeValue(forKey: nexus) {
+                pendingUnitAttentions.subtract(queue.count, ordering: .relaxed)
+            }
+        }
+    }
+
+    // MARK: - Resets
+
+    /// LOGICAL UNIT RESET or a target reset (SAM-5 §6.3): SPC-2 reservations
+    /// are released, mode parameters return to their defaults, and every
+    /// nexus gets `sense`.
+    func reset(reporting sense: SenseData) {
+        reservations.reset()
+        let defaults = ModeParameters.defaults(for: configuration)
+        mode.withLock { $0 = defaults }
+        softwareWriteProtect.store(defaults.softwareWriteProtect, ordering: .relaxed)
+        for nexus in nexusRegistry.all {
+            dropUnitAttentions(for: nexus)
+            queueUnitAttention(sense, for: nexus)
+        }
+    }
+
+    // MARK: - Dispatch
+
+    /// Runs one command: unit attention, CDB validation from the opcode table,
+    /// reservation check, write protection, then the command's handler.
+    func execute(_ command: SCSICommand) async -> SCSIResult {
+        let cdb = command.cdb
+        guard let opcode = cdb.first else { return .checkCondition(.invalidOpcode) }
+
+        // SAM-5 §5.14: INQUIRY, REPORT LUNS and REQUEST SENSE neither report nor clear a unit attention.
+        if opcode != Opcode.inquiry && opcode != Opcode.reportLUNs && opcode != Opcode.requestSense,
+            let ua = takeUnitAttention(for: command.nexus)
+        {
+            return .checkCondition(ua)
+        }
+
+        let descriptor: CommandDescriptor
+        switch OpcodeTable.lookup(cdb, on: self) {
+        case .success(let d): descriptor = d
+        case .failure(let sense): return .checkCondition(sense)
+        }
+
+        var result: SCSIResult
+        do throws(SenseData) {
+            try descriptor.validate(cdb)
+            if reservations.conflicts(cdb: cdb, nexus: command.nexus) {
+                result = .reservationConflict
+            } else if descriptor.modifiesMedium && isWriteProtected {
+                result = .checkCondition(.writeProtected)
+            } else {
+                result = try await descriptor.handler(self, command)
+            }
+        } catch {
+            result = .checkCondition(error)
+        }
+        if let dataOut = descriptor.dataOutLength, result.dataOutLength == nil {
+            result.dataOutLength = dataOut(cdb, blockSize)
+        }
+        return result
+    }
+
+    // MARK: - Shared checks
+
+    /// Fails with LOGICAL BLOCK ADDRESS OUT OF RANGE when [lba, lba + blocks) is not on the medium.
+    @inline(__always)
+    func checkRange(lba: UInt64, blocks: UInt64) throws(SenseData) {
+        let count = blockCount
+        guard lba <= count, blocks <= count - lba else { throw .lbaOutOfRange }
+    }
+
+    /// The first `length` bytes of the command's Data-Out, or INVALID FIELD IN
+    /// COMMAND INFORMATION UNIT when the transport delivered fewer.
+    @inline(__always)
+    func dataOut(_ command: SCSICommand, length: Int) throws(SenseData) -> ByteBuffer {
+        guard command.dataOut.readableBytes >= length,
+            let slice = command.dataOut.getSlice(at: command.dataOut.readerIndex, length: length)
+        else { throw .invalidFieldInInformationUnit }
+        return slice
+    }
+
+    /// Reads blocks from the device, mapping failures to sense data.
+    func readBlocks(lba: UInt64, blocks: UInt64) async throws(SenseData) -> ByteBuffer {
+        do {
+            return try await device.read(offset: lba * UInt64(blockSize), length: Int(blocks) * blockSize)
+        } catch {
+            throw SenseData.from(error, lba: lba, isWrite: false)
+        }
+    }
+
+    /// Writes blocks to the device, mapping failures to sense data.
+    func writeBlocks(lba: UInt64, data: ByteBuffer, fua: Bool) async throws(SenseData) {
+        do {
+            try await device.write(offset: lba * UInt64(blockSize), data: data, fua: fua)
+        } catch {
+            throw SenseData.from(error, lba: lba, isWrite: true)
+        }
+    }
+}
+
+/// Builds a Data-In buffer from bytes, truncated to `allocationLength`.
+@inline(__always)
+func dataIn(_ bytes: [UInt8], allocationLength: Int) -> SCSIResult {
+    let n = Swift.min(bytes.count, allocationLength)
+    var buffer = ByteBufferAllocator().buffer(capacity: n)
+    buffer.writeBytes(bytes.prefix(n))
+    return .good(data: buffer)
+}
