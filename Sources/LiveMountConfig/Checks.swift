@@ -279,7 +279,11 @@ enum Checks {
 
     /// The closest of `candidates` to a mistyped `key`, when it is close enough to be a likely typo.
     static func suggestion(for key: String, among candidates: [String]) -> String? {
-        let scored = candidates.map { ($0, editDistance(key.lowercased(), $0)) }
+        let key = key.lowercased()
+        if key.count >= 3, let extended = candidates.first(where: { $0.hasPrefix(key) || key.hasPrefix($0) }) {
+            return extended
+        }
+        let scored = candidates.map { ($0, editDistance(key, $0)) }
         guard let best = scored.min(by: { $0.1 < $1.1 }), best.1 <= max(2, key.count / 3) else { return nil }
         return best.0
     }

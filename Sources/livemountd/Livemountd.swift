@@ -201,7 +201,7 @@ struct Livemountd: AsyncParsableCommand {
         }
         let bound = addresses.isEmpty ? configuration.portals.map(Self.format) : addresses.map(Self.format)
         print("livemountd: listening on \(bound.joined(separator: ", ")) (\(Self.summary(configuration.targets)))")
-        fflush(stdout)
+        fflush(nil)
 
         let group = ServiceGroup(services: [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         do {
@@ -256,7 +256,8 @@ struct Livemountd: AsyncParsableCommand {
     }
 
     static func printError(_ message: String) {
-        fputs(message + "\n", stderr)
+        var text = message + "\n"
+        text.withUTF8 { _ = write(STDERR_FILENO, $0.baseAddress, $0.count) }
     }
 
     /// `mkdir -p`; returns the reason it failed, or nil.

@@ -100,8 +100,9 @@ struct AdHocArgumentsTests {
             message: "supported block sizes are 512 and 4096")
         expectIssue(AdHocArguments(target: target, luns: ["0=\(image),direct=maybe"]),
             field: "--lun 0=\(image),direct=maybe", message: "expected on or off")
-        expectIssue(AdHocArguments(target: target, luns: [lun, "0=\(image),ro,direct=off"]),
-            field: "--lun 0=\(image),ro,direct=off", message: "LUN 0 is already used by --lun \(lun)")
+        let other = try scratch.image("b.img")
+        expectIssue(AdHocArguments(target: target, luns: [lun, "0=\(other),ro,direct=off"]),
+            field: "--lun 0=\(other),ro,direct=off", message: "LUN 0 is already used by --lun \(lun)")
         expectIssue(AdHocArguments(target: target, luns: [lun, "1=\(image),direct=off"]),
             field: "--lun 1=\(image),direct=off", message: "same file as --lun \(lun)")
         expectIssue(AdHocArguments(target: target, luns: [lun], chap: "nocolon"), field: "--chap",

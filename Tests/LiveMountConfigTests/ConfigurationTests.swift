@@ -311,7 +311,7 @@ struct ConfigurationTests {
             field: "targets[0].allow[1]", message: "expected a string, found an integer")
         expectIssue(Self.document(image: image, extra: "allow = [\"host1\"]"), field: "targets[0].allow[0]",
             message: "\"host1\" is not a valid")
-        expectIssue(Self.document(image: image, top: "targets = 1"), field: "targets", message: "expected an array of tables")
+        expectIssue("targets = 1", field: "targets", message: "expected an array of tables")
         expectIssue("[daemon]\nlog_level = \"info\"", field: "targets", message: "required key is missing")
         expectIssue(
             "[[targets]]\nname = \"iqn.2026-11.org.example:t\"", field: "targets[0].luns", message: "required key is missing")
