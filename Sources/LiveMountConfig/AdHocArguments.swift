@@ -1,11 +1,12 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import TargetServer
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Musl)
+    import Musl
+#elseif canImport(Darwin)
+    import Darwin
+#endif
 
 /// The ad hoc command line form, like qemu-storage-daemon's or nbdkit's: one target given entirely by
 /// arguments, as the strings the user typed. `DaemonConfiguration.fromArguments(_:)` validates it into the
@@ -72,12 +73,15 @@ public struct LUNSpecification: Sendable, Equatable {
             return .failure(.init("LUN \(number) out of range (0-16383, SAM-5 §4.7.7)"))
         }
         let parts = splitOptions(spec[spec.index(after: equals)...])
-        guard let path = parts.first, !path.isEmpty else { return .failure(.init("missing path after \"\(numberText)=\"")) }
+        guard let path = parts.first, !path.isEmpty else {
+            return .failure(.init("missing path after \"\(numberText)=\""))
+        }
         var result = LUNSpecification(lun: number, path: path)
         for option in parts.dropFirst() {
-            let (name, value) = option.firstIndex(of: "=").map {
-                (String(option[..<$0]), String(option[option.index(after: $0)...]))
-            } ?? (option, nil)
+            let (name, value) =
+                option.firstIndex(of: "=").map {
+                    (String(option[..<$0]), String(option[option.index(after: $0)...]))
+                } ?? (option, nil)
             switch (name, value) {
             case ("ro", nil): result.readOnly = true
             case ("rw", nil): result.readOnly = false

@@ -1,12 +1,13 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import Logging
 import TargetServer
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Musl)
+    import Musl
+#elseif canImport(Darwin)
+    import Darwin
+#endif
 
 // MARK: - Diagnostics
 
@@ -87,7 +88,9 @@ enum Checks {
             return "\(invalid): expected '.' and a reversed domain name after the date"
         }
         let authority = authorityAndName.dropFirst().prefix { $0 != ":" }
-        if authority.isEmpty || authority.split(separator: ".", omittingEmptySubsequences: false).contains(where: \.isEmpty) {
+        if authority.isEmpty
+            || authority.split(separator: ".", omittingEmptySubsequences: false).contains(where: \.isEmpty)
+        {
             return "\(invalid): expected a reversed domain name after the date (e.g. org.example)"
         }
         return nil
@@ -314,11 +317,11 @@ enum Checks {
     /// O_DIRECT, which Glibc's Swift overlay does not export (it needs _GNU_SOURCE).
     static var oDirect: Int32 {
         #if os(Linux) && (arch(arm64) || arch(arm))
-        0o200000
+            0o200000
         #elseif os(Linux)
-        0o40000
+            0o40000
         #else
-        0
+            0
         #endif
     }
 }
@@ -338,7 +341,9 @@ struct FieldLocator {
 extension Checks {
     /// Checks that span fields: duplicate portals, target names and LUN numbers; several writable LUNs on
     /// one backing store; one secret used in both CHAP directions.
-    static func crossCheck(_ configuration: DaemonConfiguration, _ locate: FieldLocator, into diagnostics: inout Diagnostics) {
+    static func crossCheck(
+        _ configuration: DaemonConfiguration, _ locate: FieldLocator, into diagnostics: inout Diagnostics
+    ) {
         var portals: [String: Int] = [:]
         for (p, portal) in configuration.portals.enumerated() {
             let key = "\(portal.host) \(portal.port)"
@@ -373,7 +378,9 @@ extension Checks {
                     stores[identity, default: []].append((t, l, unit.readOnly))
                 }
             }
-            if let chap = target.chap, let mutual = target.mutualChap, chap.secret == mutual.secret, !chap.secret.isEmpty {
+            if let chap = target.chap, let mutual = target.mutualChap, chap.secret == mutual.secret,
+                !chap.secret.isEmpty
+            {
                 let ref = locate.mutualChapSecret(t)
                 diagnostics.error(
                     ref.field,

@@ -160,7 +160,8 @@ extension DaemonConfiguration {
                     device = try open(lu)
                 } catch {
                     for device in opened { await device.close() }
-                    throw DeviceOpenError(field: "target \(target.name) LUN \(lu.lun)", path: lu.path, reason: "\(error)")
+                    throw DeviceOpenError(
+                        field: "target \(target.name) LUN \(lu.lun)", path: lu.path, reason: "\(error)")
                 }
                 opened.append(device)
                 units.append(

@@ -288,7 +288,8 @@ public struct TOMLParser {
                 case .dotted:
                     throw error("table [\(name)] was already defined by dotted keys at \(node.position)", at: keyStart)
                 case .inline:
-                    throw error("table [\(name)] was already defined as an inline table at \(node.position)", at: keyStart)
+                    throw error(
+                        "table [\(name)] was already defined as an inline table at \(node.position)", at: keyStart)
                 }
             case .tableArray?:
                 throw error("'\(name)' is an array of tables; use [[\(name)]] to add an element", at: keyStart)
@@ -346,8 +347,9 @@ public struct TOMLParser {
                     node.kind = .dotted
                     table = node
                 case .header:
-                    throw error("table '\(name)' was defined by a [\(name)] header at \(node.position); "
-                        + "it cannot be extended with dotted keys", at: keyStart)
+                    throw error(
+                        "table '\(name)' was defined by a [\(name)] header at \(node.position); "
+                            + "it cannot be extended with dotted keys", at: keyStart)
                 case .inline:
                     throw error("'\(name)' is an inline table and cannot be extended", at: keyStart)
                 }
@@ -466,14 +468,17 @@ public struct TOMLParser {
         }
         guard let first = token.first, first == UInt8(ascii: "+") || first == UInt8(ascii: "-") || Self.isDigit(first)
         else {
-            throw error("expected a value (string, integer, boolean, array or inline table), found '\(text)'", at: start)
+            throw error(
+                "expected a value (string, integer, boolean, array or inline table), found '\(text)'", at: start)
         }
         if token.count >= 5, token[0...3].allSatisfy(Self.isDigit), token[4] == UInt8(ascii: "-") {
             throw error("dates and times are not supported", at: start)
         }
         if token.contains(UInt8(ascii: ":")) { throw error("dates and times are not supported", at: start) }
         let isRadix = token.count > 1 && token[0] == UInt8(ascii: "0") && "xob".utf8.contains(token[1])
-        if !isRadix, token.contains(where: { $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: "e") || $0 == UInt8(ascii: "E") }) {
+        if !isRadix,
+            token.contains(where: { $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: "e") || $0 == UInt8(ascii: "E") })
+        {
             throw error("floating-point numbers are not supported", at: start)
         }
         return .integer(try Self.parseInteger(text, at: start))
@@ -556,7 +561,8 @@ public struct TOMLParser {
                     var value: UInt32 = 0
                     for _ in 0..<count {
                         guard let digit = peek, let nibble = Character(UnicodeScalar(digit)).hexDigitValue else {
-                            throw error("\\\(Character(UnicodeScalar(code))) needs \(count) hex digits", at: escapeStart)
+                            throw error(
+                                "\\\(Character(UnicodeScalar(code))) needs \(count) hex digits", at: escapeStart)
                         }
                         value = value << 4 | UInt32(nibble)
                         advance()

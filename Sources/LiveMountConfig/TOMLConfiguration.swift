@@ -1,12 +1,13 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import Logging
 import TargetServer
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Musl)
+    import Musl
+#elseif canImport(Darwin)
+    import Darwin
+#endif
 
 // MARK: - Entry points
 
@@ -76,7 +77,9 @@ private struct Section {
     var path: String
 
     func field(_ key: String) -> String { path.isEmpty ? key : "\(path).\(key)" }
-    func ref(_ key: String) -> FieldRef { FieldRef(field: field(key), position: table.position(of: key) ?? table.position) }
+    func ref(_ key: String) -> FieldRef {
+        FieldRef(field: field(key), position: table.position(of: key) ?? table.position)
+    }
 }
 
 /// Maps a parsed TOML document onto `DaemonConfiguration`, collecting every problem.
@@ -196,7 +199,9 @@ private struct TOMLMapper {
         if let names = stringArray(target, "allow") {
             for (i, initiator) in names.enumerated() {
                 if let problem = Checks.iscsiNameProblem(initiator) {
-                    error(FieldRef(field: target.field("allow") + "[\(i)]", position: target.ref("allow").position), problem)
+                    error(
+                        FieldRef(field: target.field("allow") + "[\(i)]", position: target.ref("allow").position),
+                        problem)
                 }
                 allowed.append(initiator)
             }
@@ -221,7 +226,9 @@ private struct TOMLMapper {
     /// One `[[targets.luns]]` table.
     private mutating func mapLUN(_ lun: Section, targetName: String) -> LogicalUnitDefinition? {
         checkKeys(lun, Self.lunKeys)
-        let number = integer(lun, "lun", Int64(Checks.lunRange.lowerBound)...Int64(Checks.lunRange.upperBound), "SAM-5 §4.7.7", required: true)
+        let number = integer(
+            lun, "lun", Int64(Checks.lunRange.lowerBound)...Int64(Checks.lunRange.upperBound), "SAM-5 §4.7.7",
+            required: true)
         let path = string(lun, "path", required: true)
         let readOnly = bool(lun, "read_only") ?? false
         let direct = bool(lun, "direct") ?? true
@@ -270,7 +277,8 @@ private struct TOMLMapper {
     /// configuration keeps because elements with errors stop the mapping before the cross-checks run).
     private func locator(_ document: TOMLTable) -> FieldLocator {
         func element(_ table: TOMLTable?, _ key: String, _ index: Int) -> TOMLTable? {
-            guard case .array(let values)? = table?[key], index < values.count, case .table(let t) = values[index] else {
+            guard case .array(let values)? = table?[key], index < values.count, case .table(let t) = values[index]
+            else {
                 return nil
             }
             return t
@@ -318,7 +326,9 @@ private struct TOMLMapper {
 
     private mutating func value(_ section: Section, _ key: String, required: Bool) -> TOMLValue? {
         guard let value = section.table[key] else {
-            if required { error(FieldRef(field: section.field(key), position: section.table.position), "required key is missing") }
+            if required {
+                error(FieldRef(field: section.field(key), position: section.table.position), "required key is missing")
+            }
             return nil
         }
         return value

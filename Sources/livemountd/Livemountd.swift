@@ -1,16 +1,17 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import ArgumentParser
 import LiveMountConfig
 import Logging
 import NIOCore
 import ServiceLifecycle
 import TargetServer
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Musl)
+    import Musl
+#elseif canImport(Darwin)
+    import Darwin
+#endif
 
 /// livemountd: the LiveMount iSCSI target daemon.
 ///
@@ -26,21 +27,23 @@ struct Livemountd: AsyncParsableCommand {
               livemountd --config /etc/livemount/livemount.toml
 
             Or one target given on the command line:
-              livemountd --listen 127.0.0.1:3260 --target iqn.2026-11.org.example:disk0 \\
-                  --lun 0=/var/tmp/livemount/disk0.img --lun 1=/srv/other.img,ro
+              livemountd --listen 127.0.0.1:3260 \\
+                --target iqn.2026-11.org.example:disk0 \\
+                --lun 0=/var/tmp/livemount/disk0.img --lun 1=/srv/other.img,ro
 
-            LUN options (after the path, comma-separated; write ",," for a comma in the path):
-              ro / rw          read-only or read-write (default rw)
+            LUN options, comma-separated after the path (",," is a comma in it):
+              ro | rw          read-only or read-write (default rw)
               direct=on|off    open with O_DIRECT (default on)
               bs=512|4096      logical block size in bytes (default 512)
-              serial=TEXT      unit serial number (default derived from the target name and LUN)
+              serial=TEXT      unit serial number (default: from target+LUN)
               wce=on|off       report a volatile write cache (default on)
 
             When listening, exactly one line goes to standard output:
-              livemountd: listening on 127.0.0.1:3260 (target iqn.2026-11.org.example:disk0, 2 LUNs)
+              livemountd: listening on 127.0.0.1:3260 (target NAME, 2 LUNs)
             Logs go to standard error. SIGTERM or SIGINT shut down gracefully.
-            Exit status: 0 clean shutdown or --check passed; 1 configuration or argument error;
-            2 runtime failure (e.g. address already in use).
+
+            Exit status: 0 clean shutdown or --check passed; 1 configuration
+            or argument error; 2 runtime failure (e.g. address in use).
             """)
 
     @Option(help: ArgumentHelp("Read the configuration from a TOML file (see conf/livemount.toml).", valueName: "file"))
@@ -49,9 +52,10 @@ struct Livemountd: AsyncParsableCommand {
     @Flag(help: "Validate the configuration, print a summary and exit.")
     var check = false
 
-    @Option(help: ArgumentHelp(
-        "Listen on this address; repeatable. IPv6 in brackets ([::1]:3260). Port 0 picks a free port. "
-            + "Default 0.0.0.0:3260.", valueName: "host:port"))
+    @Option(
+        help: ArgumentHelp(
+            "Listen on this address; repeatable. IPv6 in brackets ([::1]:3260). Port 0 picks a free port. "
+                + "Default 0.0.0.0:3260.", valueName: "host:port"))
     var listen: [String] = []
 
     @Option(help: ArgumentHelp("The target's iSCSI name (iqn./eui./naa., RFC 7143 §4.2.7).", valueName: "name"))
@@ -60,28 +64,37 @@ struct Livemountd: AsyncParsableCommand {
     @Option(help: ArgumentHelp("The target's alias (TargetAlias).", valueName: "text"))
     var alias: String?
 
-    @Option(help: ArgumentHelp("A logical unit: LUN number, backing file or block device, options; repeatable.",
-        valueName: "n=path[,ro][,direct=off][,bs=4096][,serial=X][,wce=off]"))
+    @Option(
+        help: ArgumentHelp(
+            "A logical unit: LUN number, image file or block device, options (below); repeatable.",
+            valueName: "n=path[,opts]"))
     var lun: [String] = []
 
-    @Option(help: ArgumentHelp(
-        "Require one-way CHAP. USER may contain ':' (the last ':' separates the secret).", valueName: "user:secret"))
+    @Option(
+        help: ArgumentHelp(
+            "Require one-way CHAP. USER may contain ':' (the last ':' separates the secret).", valueName: "user:secret")
+    )
     var chap: String?
 
-    @Option(name: .customLong("mutual-chap"),
+    @Option(
+        name: .customLong("mutual-chap"),
         help: ArgumentHelp("Credentials the target proves to the initiator (needs --chap).", valueName: "user:secret"))
     var mutualChap: String?
 
-    @Option(help: ArgumentHelp("Only this initiator may log in; repeatable (default: any).", valueName: "initiator-name"))
+    @Option(
+        help: ArgumentHelp("Only this initiator may log in; repeatable (default: any).", valueName: "initiator-name"))
     var allow: [String] = []
 
-    @Option(name: .customLong("state-dir"),
+    @Option(
+        name: .customLong("state-dir"),
         help: ArgumentHelp("Directory for state that survives restarts (persistent reservations).", valueName: "dir"))
     var stateDir: String?
 
-    @Option(name: .customLong("log-level"),
-        help: ArgumentHelp("trace, debug, info, notice, warning, error or critical (default info); "
-            + "overrides daemon.log_level.", valueName: "level"))
+    @Option(
+        name: .customLong("log-level"),
+        help: ArgumentHelp(
+            "trace, debug, info, notice, warning, error or critical (default info); "
+                + "overrides daemon.log_level.", valueName: "level"))
     var logLevel: String?
 
     /// Parses the command line and runs; usage errors exit with status 1 (not ArgumentParser's 64).
@@ -110,7 +123,8 @@ struct Livemountd: AsyncParsableCommand {
         var configuration = loaded.configuration
         if let name = logLevel {
             guard let level = DaemonConfiguration.logLevel(named: name) else {
-                Self.printError("livemountd: --log-level \(name): not a log level (\(DaemonConfiguration.logLevelNames))")
+                Self.printError(
+                    "livemountd: --log-level \(name): not a log level (\(DaemonConfiguration.logLevelNames))")
                 return 1
             }
             configuration.logLevel = level

@@ -1,7 +1,7 @@
+import TargetServer
 import Testing
 
 @testable import LiveMountConfig
-import TargetServer
 
 @Suite("Ad hoc command line")
 struct AdHocArgumentsTests {
@@ -80,46 +80,64 @@ struct AdHocArgumentsTests {
         let image = try scratch.image("a.img")
         let target = "iqn.2026-11.org.example:t"
         let lun = "0=\(image),direct=off"
-        expectIssue(AdHocArguments(target: target, luns: ["1=/x.img"]), field: "--lun 1=/x.img",
+        expectIssue(
+            AdHocArguments(target: target, luns: ["1=/x.img"]), field: "--lun 1=/x.img",
             message: "file /x.img does not exist")
-        expectIssue(AdHocArguments(listen: ["0.0.0.0:70000"], target: target, luns: [lun]),
+        expectIssue(
+            AdHocArguments(listen: ["0.0.0.0:70000"], target: target, luns: [lun]),
             field: "--listen 0.0.0.0:70000", message: "port 70000 out of range")
-        expectIssue(AdHocArguments(target: "foo", luns: [lun]), field: "--target foo",
+        expectIssue(
+            AdHocArguments(target: "foo", luns: [lun]), field: "--target foo",
             message: "\"foo\" is not a valid iqn./eui./naa. name")
         expectIssue(AdHocArguments(luns: [lun]), field: "--target", message: "required")
         expectIssue(AdHocArguments(target: target), field: "--lun", message: "at least one LUN is required")
-        expectIssue(AdHocArguments(target: target, luns: ["x=\(image)"]), field: "--lun x=\(image)",
+        expectIssue(
+            AdHocArguments(target: target, luns: ["x=\(image)"]), field: "--lun x=\(image)",
             message: "\"x\" is not a LUN number")
         expectIssue(AdHocArguments(target: target, luns: [image]), field: "--lun \(image)", message: "expected N=PATH")
         expectIssue(AdHocArguments(target: target, luns: ["0="]), field: "--lun 0=", message: "missing path")
-        expectIssue(AdHocArguments(target: target, luns: ["20000=\(image)"]), field: "--lun 20000=\(image)",
+        expectIssue(
+            AdHocArguments(target: target, luns: ["20000=\(image)"]), field: "--lun 20000=\(image)",
             message: "LUN 20000 out of range")
-        expectIssue(AdHocArguments(target: target, luns: ["0=\(image),fast"]), field: "--lun 0=\(image),fast",
+        expectIssue(
+            AdHocArguments(target: target, luns: ["0=\(image),fast"]), field: "--lun 0=\(image),fast",
             message: "unknown option \"fast\"")
-        expectIssue(AdHocArguments(target: target, luns: ["0=\(image),bs=1024"]), field: "--lun 0=\(image),bs=1024",
+        expectIssue(
+            AdHocArguments(target: target, luns: ["0=\(image),bs=1024"]), field: "--lun 0=\(image),bs=1024",
             message: "supported block sizes are 512 and 4096")
-        expectIssue(AdHocArguments(target: target, luns: ["0=\(image),direct=maybe"]),
+        expectIssue(
+            AdHocArguments(target: target, luns: ["0=\(image),direct=maybe"]),
             field: "--lun 0=\(image),direct=maybe", message: "expected on or off")
         let other = try scratch.image("b.img")
-        expectIssue(AdHocArguments(target: target, luns: [lun, "0=\(other),ro,direct=off"]),
+        expectIssue(
+            AdHocArguments(target: target, luns: [lun, "0=\(other),ro,direct=off"]),
             field: "--lun 0=\(other),ro,direct=off", message: "LUN 0 is already used by --lun \(lun)")
-        expectIssue(AdHocArguments(target: target, luns: [lun, "1=\(image),direct=off"]),
+        expectIssue(
+            AdHocArguments(target: target, luns: [lun, "1=\(image),direct=off"]),
             field: "--lun 1=\(image),direct=off", message: "same file as --lun \(lun)")
-        expectIssue(AdHocArguments(target: target, luns: [lun], chap: "nocolon"), field: "--chap",
+        expectIssue(
+            AdHocArguments(target: target, luns: [lun], chap: "nocolon"), field: "--chap",
             message: "expected USER:SECRET")
-        expectIssue(AdHocArguments(target: target, luns: [lun], chap: "user:"), field: "--chap secret",
+        expectIssue(
+            AdHocArguments(target: target, luns: [lun], chap: "user:"), field: "--chap secret",
             message: "must not be empty")
-        expectIssue(AdHocArguments(target: target, luns: [lun], mutualChap: "t:0123456789abcd"), field: "--mutual-chap",
+        expectIssue(
+            AdHocArguments(target: target, luns: [lun], mutualChap: "t:0123456789abcd"), field: "--mutual-chap",
             message: "requires one-way CHAP")
-        expectIssue(AdHocArguments(target: target, luns: [lun], chap: "u:0123456789abcd", mutualChap: "t:0123456789abcd"),
+        expectIssue(
+            AdHocArguments(target: target, luns: [lun], chap: "u:0123456789abcd", mutualChap: "t:0123456789abcd"),
             field: "--mutual-chap", message: "must differ")
-        expectIssue(AdHocArguments(target: target, luns: [lun], allow: ["host1"]), field: "--allow host1",
+        expectIssue(
+            AdHocArguments(target: target, luns: [lun], allow: ["host1"]), field: "--allow host1",
             message: "not a valid")
-        expectIssue(AdHocArguments(target: target, luns: [lun], stateDirectory: image), field: "--state-dir \(image)",
+        expectIssue(
+            AdHocArguments(target: target, luns: [lun], stateDirectory: image), field: "--state-dir \(image)",
             message: "not a directory")
-        expectIssue(AdHocArguments(target: target, luns: [lun], logLevel: "loud"), field: "--log-level loud",
+        expectIssue(
+            AdHocArguments(target: target, luns: [lun], logLevel: "loud"), field: "--log-level loud",
             message: "not a log level")
-        expectIssue(AdHocArguments(listen: ["1.1.1.1:1", "1.1.1.1:1"], target: target, luns: [lun]),
+        expectIssue(
+            AdHocArguments(listen: ["1.1.1.1:1", "1.1.1.1:1"], target: target, luns: [lun]),
             field: "--listen 1.1.1.1:1", message: "duplicate of --listen 1.1.1.1:1")
     }
 
@@ -129,10 +147,11 @@ struct AdHocArgumentsTests {
         let image = try scratch.image("a.img")
         let loaded = try DaemonConfiguration.fromArguments(
             AdHocArguments(target: "iqn.2026-11.org.example:t", luns: ["0=\(image),direct=off"], chap: "u:abc"))
-        #expect(loaded.warnings.map(\.description) == [
-            "--chap secret: 3 bytes is shorter than the 12 bytes (96 bits) RFC 7143 §12.1.3 requires unless IPsec is "
-                + "used; short secrets fall to offline dictionary attacks and some initiators refuse them"
-        ])
+        #expect(
+            loaded.warnings.map(\.description) == [
+                "--chap secret: 3 bytes is shorter than the 12 bytes (96 bits) RFC 7143 §12.1.3 requires unless IPsec is "
+                    + "used; short secrets fall to offline dictionary attacks and some initiators refuse them"
+            ])
     }
 
     @Test("LUN specification options")

@@ -1,9 +1,9 @@
 import Foundation
 import Logging
+import TargetServer
 import Testing
 
 @testable import LiveMountConfig
-import TargetServer
 
 @Suite("TOML configuration")
 struct ConfigurationTests {
@@ -23,7 +23,8 @@ struct ConfigurationTests {
     }
 
     /// Expects exactly one error, for `field`, whose message contains `message`.
-    func expectIssue(_ text: String, field: String, message: String, sourceLocation: SourceLocation = #_sourceLocation) {
+    func expectIssue(_ text: String, field: String, message: String, sourceLocation: SourceLocation = #_sourceLocation)
+    {
         guard let error = configurationError(toml: text) else {
             Issue.record("accepted:\n\(text)", sourceLocation: sourceLocation)
             return
@@ -83,7 +84,10 @@ struct ConfigurationTests {
         let c = loaded.configuration
         #expect(c.stateDirectory == scratch.path + "/state")
         #expect(c.logLevel == .debug)
-        #expect(c.portals == [PortalConfiguration(host: "127.0.0.1", port: 3260), PortalConfiguration(host: "::1", port: 0)])
+        #expect(
+            c.portals == [
+                PortalConfiguration(host: "127.0.0.1", port: 3260), PortalConfiguration(host: "::1", port: 0),
+            ])
         #expect(c.limits.maxRecvDataSegmentLength == 65536)
         #expect(c.limits.maxBurstLength == 524_288)
         #expect(c.limits.firstBurstLength == 65536)
@@ -105,7 +109,8 @@ struct ConfigurationTests {
             t.logicalUnits == [
                 LogicalUnitDefinition(
                     lun: 3, path: a, readOnly: false, direct: false, blockSize: 4096, serialNumber: "SER-1",
-                    naaIdentifier: DeviceIdentifiers.naaIdentifier(targetName: t.name, lun: 3), writeCacheEnabled: false),
+                    naaIdentifier: DeviceIdentifiers.naaIdentifier(targetName: t.name, lun: 3), writeCacheEnabled: false
+                ),
                 LogicalUnitDefinition(
                     lun: 0, path: b, readOnly: true, direct: false, blockSize: 512,
                     serialNumber: DeviceIdentifiers.serialNumber(targetName: t.name, lun: 0),
@@ -187,7 +192,8 @@ struct ConfigurationTests {
                 message: message)
         }
         expectIssue(
-            Self.document(image: image, top: "[[portals]]\nlisten = \"127.0.0.1:3260\"\n[[portals]]\nlisten = \"127.0.0.1:3260\""),
+            Self.document(
+                image: image, top: "[[portals]]\nlisten = \"127.0.0.1:3260\"\n[[portals]]\nlisten = \"127.0.0.1:3260\""),
             field: "portals[1].listen", message: "duplicate of portals[0].listen")
         expectIssue(Self.document(image: image, top: "portals = []"), field: "portals", message: "at least one portal")
     }
@@ -215,9 +221,10 @@ struct ConfigurationTests {
                 of: "iqn.2026-11.org.example:disk0", with: name)
             expectIssue(text, field: "targets[0].name", message: message)
         }
-        for good in ["iqn.2026-11.org.example", "eui.02004567A425678D", "naa.52004567BA64678D",
-            "naa.62004567BA64678D62004567BA64678D", "iqn.1994-05.com.redhat:4a1b2c-3d:x.y"]
-        {
+        for good in [
+            "iqn.2026-11.org.example", "eui.02004567A425678D", "naa.52004567BA64678D",
+            "naa.62004567BA64678D62004567BA64678D", "iqn.1994-05.com.redhat:4a1b2c-3d:x.y",
+        ] {
             #expect(Checks.iscsiNameProblem(good) == nil, "\(good)")
         }
     }
@@ -241,7 +248,8 @@ struct ConfigurationTests {
               lun = 0
               path = "\(b)"
               direct = false
-            """, field: "targets[1].name", message: "duplicate target name \"iqn.2026-11.org.example:t\" (also targets[0].name)")
+            """, field: "targets[1].name",
+            message: "duplicate target name \"iqn.2026-11.org.example:t\" (also targets[0].name)")
         expectIssue(
             """
             [[targets]]
@@ -285,17 +293,23 @@ struct ConfigurationTests {
     func unknownKeys() throws {
         let scratch = try Scratch()
         let image = try scratch.image("a.img")
-        expectIssue(Self.document(image: image, lunExtra: "blocksize = 512"), field: "targets[0].luns[0].blocksize",
+        expectIssue(
+            Self.document(image: image, lunExtra: "blocksize = 512"), field: "targets[0].luns[0].blocksize",
             message: "unknown key (did you mean block_size?)")
-        expectIssue(Self.document(image: image, extra: "alais = \"x\""), field: "targets[0].alais",
+        expectIssue(
+            Self.document(image: image, extra: "alais = \"x\""), field: "targets[0].alais",
             message: "did you mean alias?")
-        expectIssue(Self.document(image: image, top: "[daemon]\nstate_directory = \"/x\""), field: "daemon.state_directory",
+        expectIssue(
+            Self.document(image: image, top: "[daemon]\nstate_directory = \"/x\""), field: "daemon.state_directory",
             message: "unknown key")
-        expectIssue(Self.document(image: image, top: "[iscsi]\nmax_burst = 4096"), field: "iscsi.max_burst",
+        expectIssue(
+            Self.document(image: image, top: "[iscsi]\nmax_burst = 4096"), field: "iscsi.max_burst",
             message: "did you mean max_burst_length?")
-        expectIssue(Self.document(image: image, top: "colour = 1"), field: "colour",
+        expectIssue(
+            Self.document(image: image, top: "colour = 1"), field: "colour",
             message: "unknown key (expected one of: daemon, portals, iscsi, discovery, targets)")
-        expectIssue(Self.document(image: image, extra: "chap = { user = \"u\", secret = \"0123456789abc\", salt = 1 }"),
+        expectIssue(
+            Self.document(image: image, extra: "chap = { user = \"u\", secret = \"0123456789abc\", salt = 1 }"),
             field: "targets[0].chap.salt", message: "unknown key")
     }
 
@@ -303,25 +317,31 @@ struct ConfigurationTests {
     func typesAndRequired() throws {
         let scratch = try Scratch()
         let image = try scratch.image("a.img")
-        expectIssue(Self.document(image: image, lunExtra: "read_only = \"yes\""), field: "targets[0].luns[0].read_only",
+        expectIssue(
+            Self.document(image: image, lunExtra: "read_only = \"yes\""), field: "targets[0].luns[0].read_only",
             message: "expected true or false, found a string")
-        expectIssue(Self.document(image: image, top: "[daemon]\nlog_level = 3"), field: "daemon.log_level",
+        expectIssue(
+            Self.document(image: image, top: "[daemon]\nlog_level = 3"), field: "daemon.log_level",
             message: "expected a string, found an integer")
-        expectIssue(Self.document(image: image, extra: "allow = [\"iqn.2026-11.org.example:h\", 5]"),
+        expectIssue(
+            Self.document(image: image, extra: "allow = [\"iqn.2026-11.org.example:h\", 5]"),
             field: "targets[0].allow[1]", message: "expected a string, found an integer")
-        expectIssue(Self.document(image: image, extra: "allow = [\"host1\"]"), field: "targets[0].allow[0]",
+        expectIssue(
+            Self.document(image: image, extra: "allow = [\"host1\"]"), field: "targets[0].allow[0]",
             message: "\"host1\" is not a valid")
         expectIssue("targets = 1", field: "targets", message: "expected an array of tables")
         expectIssue("[daemon]\nlog_level = \"info\"", field: "targets", message: "required key is missing")
         expectIssue(
-            "[[targets]]\nname = \"iqn.2026-11.org.example:t\"", field: "targets[0].luns", message: "required key is missing")
+            "[[targets]]\nname = \"iqn.2026-11.org.example:t\"", field: "targets[0].luns",
+            message: "required key is missing")
         expectIssue(
             "[[targets]]\n[[targets.luns]]\nlun = 0\npath = \"\(image)\"\ndirect = false", field: "targets[0].name",
             message: "required key is missing")
         expectIssue(
             "[[targets]]\nname = \"iqn.2026-11.org.example:t\"\n[[targets.luns]]\npath = \"\(image)\"\ndirect = false",
             field: "targets[0].luns[0].lun", message: "required key is missing")
-        expectIssue(Self.document(image: image, top: "[daemon]\nlog_level = \"loud\""), field: "daemon.log_level",
+        expectIssue(
+            Self.document(image: image, top: "[daemon]\nlog_level = \"loud\""), field: "daemon.log_level",
             message: "\"loud\" is not a log level (trace, debug, info, notice, warning, error, critical)")
     }
 
@@ -329,23 +349,32 @@ struct ConfigurationTests {
     func lunFields() throws {
         let scratch = try Scratch()
         let image = try scratch.image("a.img")
-        expectIssue(Self.document(image: image).replacingOccurrences(of: "lun = 0", with: "lun = 16384"),
+        expectIssue(
+            Self.document(image: image).replacingOccurrences(of: "lun = 0", with: "lun = 16384"),
             field: "targets[0].luns[0].lun", message: "16384 out of range (0-16383, SAM-5 §4.7.7)")
-        expectIssue(Self.document(image: image, lunExtra: "block_size = 1024"), field: "targets[0].luns[0].block_size",
+        expectIssue(
+            Self.document(image: image, lunExtra: "block_size = 1024"), field: "targets[0].luns[0].block_size",
             message: "1024 is not a supported block size (512 or 4096)")
-        expectIssue(Self.document(image: "disk.img"), field: "targets[0].luns[0].path", message: "\"disk.img\" must be an absolute path")
+        expectIssue(
+            Self.document(image: "disk.img"), field: "targets[0].luns[0].path",
+            message: "\"disk.img\" must be an absolute path")
         let empty = try scratch.image("empty.img", size: 0)
         expectIssue(Self.document(image: empty), field: "targets[0].luns[0].path", message: "file \(empty) is empty")
         let odd = try scratch.image("odd.img", size: 4096 + 512)
-        expectIssue(Self.document(image: odd, lunExtra: "block_size = 4096"), field: "targets[0].luns[0].path",
+        expectIssue(
+            Self.document(image: odd, lunExtra: "block_size = 4096"), field: "targets[0].luns[0].path",
             message: "(4608 bytes) is not a multiple of the 4096-byte block size")
-        expectIssue(Self.document(image: scratch.path), field: "targets[0].luns[0].path",
+        expectIssue(
+            Self.document(image: scratch.path), field: "targets[0].luns[0].path",
             message: "is not a regular file or a block device")
-        expectIssue(Self.document(image: image, lunExtra: "serial = \"tab\\there\""), field: "targets[0].luns[0].serial",
+        expectIssue(
+            Self.document(image: image, lunExtra: "serial = \"tab\\there\""), field: "targets[0].luns[0].serial",
             message: "printable ASCII")
-        expectIssue(Self.document(image: image).replacingOccurrences(of: "lun = 0", with: "lun = -1"),
+        expectIssue(
+            Self.document(image: image).replacingOccurrences(of: "lun = 0", with: "lun = -1"),
             field: "targets[0].luns[0].lun", message: "-1 out of range")
-        expectIssue(Self.document(image: image, top: "[[targets]]\nluns = []\nname = \"iqn.2026-11.org.example:empty\""),
+        expectIssue(
+            Self.document(image: image, top: "[[targets]]\nluns = []\nname = \"iqn.2026-11.org.example:empty\""),
             field: "targets[0].luns", message: "at least one LUN is required")
     }
 
@@ -356,7 +385,8 @@ struct ConfigurationTests {
         let path = "/dev/shm/livemount-config-test-\(getpid()).img"
         guard FileManager.default.createFile(atPath: path, contents: Data(count: 4096)) else { return }
         defer { try? FileManager.default.removeItem(atPath: path) }
-        let problem = Checks.backingStoreProblem(path: path, readOnly: false, direct: true, blockSize: 512, syntax: .toml)
+        let problem = Checks.backingStoreProblem(
+            path: path, readOnly: false, direct: true, blockSize: 512, syntax: .toml)
         let withoutDirect = Checks.backingStoreProblem(
             path: path, readOnly: false, direct: false, blockSize: 512, syntax: .toml)
         #expect(withoutDirect == nil)
@@ -367,20 +397,27 @@ struct ConfigurationTests {
     func chap() throws {
         let scratch = try Scratch()
         let image = try scratch.image("a.img")
-        expectIssue(Self.document(image: image, extra: "chap = { user = \"u\", secret = \"\" }"),
+        expectIssue(
+            Self.document(image: image, extra: "chap = { user = \"u\", secret = \"\" }"),
             field: "targets[0].chap.secret", message: "must not be empty (RFC 7143 §12.1.3)")
-        expectIssue(Self.document(image: image, extra: "chap = { user = \"\", secret = \"0123456789abc\" }"),
+        expectIssue(
+            Self.document(image: image, extra: "chap = { user = \"\", secret = \"0123456789abc\" }"),
             field: "targets[0].chap.user", message: "must not be empty")
-        expectIssue(Self.document(image: image, extra: "chap = { user = \"u\" }"), field: "targets[0].chap.secret",
+        expectIssue(
+            Self.document(image: image, extra: "chap = { user = \"u\" }"), field: "targets[0].chap.secret",
             message: "required key is missing")
-        expectIssue(Self.document(image: image, extra: "mutual_chap = { user = \"t\", secret = \"0123456789abc\" }"),
+        expectIssue(
+            Self.document(image: image, extra: "mutual_chap = { user = \"t\", secret = \"0123456789abc\" }"),
             field: "targets[0].mutual_chap", message: "mutual CHAP requires one-way CHAP")
         expectIssue(
             Self.document(
                 image: image,
-                extra: "chap = { user = \"u\", secret = \"0123456789abc\" }\nmutual_chap = { user = \"t\", secret = \"0123456789abc\" }"),
+                extra:
+                    "chap = { user = \"u\", secret = \"0123456789abc\" }\nmutual_chap = { user = \"t\", secret = \"0123456789abc\" }"
+            ),
             field: "targets[0].mutual_chap.secret", message: "must differ from the one-way CHAP secret")
-        expectIssue(Self.document(image: image, top: "[discovery]\nchap = { user = \"d\", secret = \"\" }"),
+        expectIssue(
+            Self.document(image: image, top: "[discovery]\nchap = { user = \"d\", secret = \"\" }"),
             field: "discovery.chap.secret", message: "must not be empty")
 
         let short = try DaemonConfiguration.parse(
@@ -399,15 +436,20 @@ struct ConfigurationTests {
     func limits() throws {
         let scratch = try Scratch()
         let image = try scratch.image("a.img")
-        expectIssue(Self.document(image: image, top: "[iscsi]\nmax_recv_data_segment_length = 511"),
+        expectIssue(
+            Self.document(image: image, top: "[iscsi]\nmax_recv_data_segment_length = 511"),
             field: "iscsi.max_recv_data_segment_length", message: "511 out of range (512-16777215, RFC 7143 §13.12)")
-        expectIssue(Self.document(image: image, top: "[iscsi]\nmax_burst_length = 16777216"),
+        expectIssue(
+            Self.document(image: image, top: "[iscsi]\nmax_burst_length = 16777216"),
             field: "iscsi.max_burst_length", message: "out of range")
-        expectIssue(Self.document(image: image, top: "[iscsi]\nfirst_burst_length = 2097152"),
+        expectIssue(
+            Self.document(image: image, top: "[iscsi]\nfirst_burst_length = 2097152"),
             field: "iscsi.first_burst_length", message: "must not exceed max_burst_length (1048576)")
-        expectIssue(Self.document(image: image, top: "[iscsi]\ncommand_window = 0"), field: "iscsi.command_window",
+        expectIssue(
+            Self.document(image: image, top: "[iscsi]\ncommand_window = 0"), field: "iscsi.command_window",
             message: "0 out of range (1-65535)")
-        expectIssue(Self.document(image: image, top: "[iscsi]\nimmediate_data = 1"), field: "iscsi.immediate_data",
+        expectIssue(
+            Self.document(image: image, top: "[iscsi]\nimmediate_data = 1"), field: "iscsi.immediate_data",
             message: "expected true or false, found an integer")
     }
 
@@ -432,11 +474,16 @@ struct ConfigurationTests {
     @Test("a TOML syntax error becomes .syntax with line and column")
     func syntaxError() {
         let error = configurationError(toml: "[daemon]\nlog_level = info\n")
-        #expect(error == .syntax(TOMLError("expected a value (string, integer, boolean, array or inline table), found 'info'",
-            at: TOMLPosition(line: 2, column: 13))))
-        #expect(error?.messages(file: "c.toml") == [
-            "c.toml:2:13: expected a value (string, integer, boolean, array or inline table), found 'info'"
-        ])
+        #expect(
+            error
+                == .syntax(
+                    TOMLError(
+                        "expected a value (string, integer, boolean, array or inline table), found 'info'",
+                        at: TOMLPosition(line: 2, column: 13))))
+        #expect(
+            error?.messages(file: "c.toml") == [
+                "c.toml:2:13: expected a value (string, integer, boolean, array or inline table), found 'info'"
+            ])
     }
 
     @Test("a missing file is .unreadable")
@@ -453,9 +500,11 @@ struct ConfigurationTests {
     func stateDirectory() throws {
         let scratch = try Scratch()
         let image = try scratch.image("a.img")
-        expectIssue(Self.document(image: image, top: "[daemon]\nstate_dir = \"state\""), field: "daemon.state_dir",
+        expectIssue(
+            Self.document(image: image, top: "[daemon]\nstate_dir = \"state\""), field: "daemon.state_dir",
             message: "must be an absolute path")
-        expectIssue(Self.document(image: image, top: "[daemon]\nstate_dir = \"\(image)\""), field: "daemon.state_dir",
+        expectIssue(
+            Self.document(image: image, top: "[daemon]\nstate_dir = \"\(image)\""), field: "daemon.state_dir",
             message: "exists and is not a directory")
     }
 }

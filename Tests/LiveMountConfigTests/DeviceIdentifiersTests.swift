@@ -9,22 +9,31 @@ struct DeviceIdentifiersTests {
         let naa = DeviceIdentifiers.naaIdentifier(targetName: "iqn.2026-11.org.example:disk0", lun: 0)
         #expect(naa >> 60 == 5)
         #expect((naa >> 36) & 0xFF_FFFF == 0x02_4C_4D)
-        #expect(naa & 0xF_FFFF_FFFF == DeviceIdentifiers.hash(targetName: "iqn.2026-11.org.example:disk0", lun: 0) & 0xF_FFFF_FFFF)
+        #expect(
+            naa & 0xF_FFFF_FFFF == DeviceIdentifiers.hash(targetName: "iqn.2026-11.org.example:disk0", lun: 0)
+                & 0xF_FFFF_FFFF)
     }
 
     @Test("stable: pinned values never change (initiators key multipath and udev links on them)")
     func stable() {
-        #expect(DeviceIdentifiers.naaIdentifier(targetName: "iqn.2026-11.org.example:disk0", lun: 0) == 0x5024_C4D9_A8B9_AF7F)
-        #expect(DeviceIdentifiers.naaIdentifier(targetName: "iqn.2026-11.org.example:disk0", lun: 1) == 0x5024_C4D2_1553_6AA4)
-        #expect(DeviceIdentifiers.serialNumber(targetName: "iqn.2026-11.org.example:disk0", lun: 0) == "F410C6D9A8B9AF7F")
+        #expect(
+            DeviceIdentifiers.naaIdentifier(targetName: "iqn.2026-11.org.example:disk0", lun: 0)
+                == 0x5024_C4D9_A8B9_AF7F)
+        #expect(
+            DeviceIdentifiers.naaIdentifier(targetName: "iqn.2026-11.org.example:disk0", lun: 1)
+                == 0x5024_C4D2_1553_6AA4)
+        #expect(
+            DeviceIdentifiers.serialNumber(targetName: "iqn.2026-11.org.example:disk0", lun: 0) == "F410C6D9A8B9AF7F")
         #expect(DeviceIdentifiers.hash(targetName: "", lun: 0) == Self.referenceHash([0, 0, 0, 0, 0, 0, 0, 0, 0]))
         #expect(
             DeviceIdentifiers.hash(targetName: "iqn.2026-11.org.example:disk0", lun: 258)
                 == Self.referenceHash(Array("iqn.2026-11.org.example:disk0".utf8) + [0, 0, 0, 0, 0, 0, 0, 1, 2]))
-        #expect(DeviceIdentifiers.serialNumber(targetName: "iqn.2026-11.org.example:disk0", lun: 1)
-            == DeviceIdentifiers.serialNumber(targetName: "IQN.2026-11.ORG.EXAMPLE:DISK0", lun: 1))
-        #expect(DeviceIdentifiers.naaIdentifier(targetName: "iqn.2026-11.org.example:disk0", lun: 1)
-            == DeviceIdentifiers.naaIdentifier(targetName: "iqn.2026-11.org.example:disk0", lun: 1))
+        #expect(
+            DeviceIdentifiers.serialNumber(targetName: "iqn.2026-11.org.example:disk0", lun: 1)
+                == DeviceIdentifiers.serialNumber(targetName: "IQN.2026-11.ORG.EXAMPLE:DISK0", lun: 1))
+        #expect(
+            DeviceIdentifiers.naaIdentifier(targetName: "iqn.2026-11.org.example:disk0", lun: 1)
+                == DeviceIdentifiers.naaIdentifier(targetName: "iqn.2026-11.org.example:disk0", lun: 1))
     }
 
     @Test("unique across LUNs and targets")

@@ -7,7 +7,8 @@ final class Scratch {
     let path: String
 
     init() throws {
-        var template = Array(((NSTemporaryDirectory() as NSString).appendingPathComponent("livemount-config-XXXXXX")).utf8CString)
+        var template = Array(
+            ((NSTemporaryDirectory() as NSString).appendingPathComponent("livemount-config-XXXXXX")).utf8CString)
         guard let made = mkdtemp(&template) else { throw CocoaError(.fileWriteUnknown) }
         path = String(cString: made)
     }

@@ -61,7 +61,8 @@ struct TOMLParserTests {
         #expect(daemon["off"] == .boolean(false))
         #expect(daemon["list"] == .array([.string("a"), .string("b"), .string("c")]))
         #expect(daemon["empty"] == .array([]))
-        #expect(daemon.keys == ["state_dir", "count", "negative", "hex", "octal", "binary", "flag", "off", "list", "empty"])
+        #expect(
+            daemon.keys == ["state_dir", "count", "negative", "hex", "octal", "binary", "flag", "off", "list", "empty"])
         guard case .array(let targets)? = doc["targets"], targets.count == 2, case .table(let t0) = targets[0],
             case .table(let t1) = targets[1], case .array(let luns)? = t0["luns"]
         else {
@@ -79,7 +80,8 @@ struct TOMLParserTests {
 
     @Test("decodes every escape in basic strings and none in literal strings")
     func escapes() throws {
-        let doc = try TOMLParser.parse(#"a = "q\"b\\t\tn\nr\rf\fb\be\u00E9\U0001F600"  "# + "\n" + #"b = 'C:\no\escape'"#)
+        let doc = try TOMLParser.parse(
+            #"a = "q\"b\\t\tn\nr\rf\fb\be\u00E9\U0001F600"  "# + "\n" + #"b = 'C:\no\escape'"#)
         #expect(doc["a"] == .string("q\"b\\t\tn\nr\rf\u{0C}b\u{08}e\u{E9}\u{1F600}"))
         #expect(doc["b"] == .string(#"C:\no\escape"#))
     }
@@ -111,13 +113,18 @@ struct TOMLParserTests {
         }
         #expect(b["c"] == .integer(1))
         #expect(b["d"] == .integer(2))
-        if case .table(let quoted)? = doc["quoted key"] { #expect(quoted["x"] == .string("y")) } else {
+        if case .table(let quoted)? = doc["quoted key"] {
+            #expect(quoted["x"] == .string("y"))
+        } else {
             Issue.record("quoted key missing")
         }
-        if case .table(let site)? = doc["site"] { #expect(site["example.com"] == .boolean(true)) } else {
+        if case .table(let site)? = doc["site"] {
+            #expect(site["example.com"] == .boolean(true))
+        } else {
             Issue.record("site missing")
         }
-        guard case .table(let t)? = doc["t"], case .table(let inline)? = t["inline"], case .table(let nested)? = inline["nested"]
+        guard case .table(let t)? = doc["t"], case .table(let inline)? = t["inline"],
+            case .table(let nested)? = inline["nested"]
         else {
             Issue.record("t.inline.nested missing")
             return
