@@ -79,11 +79,22 @@ let package = Package(
             swiftSettings: strict
         ),
 
+        // MARK: - Configuration (TOML file and command line → ServerConfiguration)
+        .target(
+            name: "LiveMountConfig",
+            dependencies: [
+                "TargetServer", "SCSI", "BlockDevice",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+
         // MARK: - Executables
         .executableTarget(
             name: "livemountd",
             dependencies: [
-                "TargetServer", "SCSI", "BlockDevice",
+                "LiveMountConfig", "TargetServer", "SCSI", "BlockDevice",
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -103,6 +114,10 @@ let package = Package(
         .testTarget(
             name: "SCSITests",
             dependencies: ["SCSI", "BlockDevice", .product(name: "NIOCore", package: "swift-nio")]
+        ),
+        .testTarget(
+            name: "LiveMountConfigTests",
+            dependencies: ["LiveMountConfig"]
         ),
         .testTarget(
             name: "TargetServerTests",
