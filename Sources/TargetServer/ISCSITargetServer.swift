@@ -19,6 +19,7 @@ public final class ISCSITargetServer: Service, Sendable {
     private let logger: Logger
     private let group: any EventLoopGroup
     private let listeners = Mutex<[any Channel]>([])
+    private let stopped = Atomic<Bool>(false)
 
     /// Builds the SCSI targets (opening nothing on the network yet).
     public init(configuration: ServerConfiguration, logger: Logger) throws {
@@ -87,6 +88,7 @@ public final class ISCSITargetServer: Service, Sendable {
 
     /// Stops listening, ends every session, releases the devices.
     public func shutdown() async {
+        guard !stopped.exchange(true, ordering: .relaxed) else { return }
         let channels = listeners.withLock { c in
             let all = c
             c = []
