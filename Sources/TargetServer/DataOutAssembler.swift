@@ -39,9 +39,13 @@ struct DataOutAssembler: Sendable {
     private var solicitations: [Solicitation] = []
     private(set) var nextR2TSN: UInt32 = 0
 
-    /// A violation of the Data-Out rules; the connection rejects the PDU and ends.
+    /// A violation of the Data-Out rules. It ends the task, not the
+    /// connection: the task gets CHECK CONDITION, ABORTED COMMAND with the
+    /// DATA PHASE ERROR family ASC 4Bh (SPC-4 Annex F) whose qualifier is `ascq`.
     struct Violation: Error, Sendable, CustomStringConvertible {
         var description: String
+        /// 00h data phase error, 02h too much write data, 05h data offset error.
+        var ascq: UInt8 = 0x00
     }
 
     /// An R2T the connection must send.
@@ -63,7 +67,8 @@ struct DataOutAssembler: Sendable {
         let immediate = immediateData.readableBytes
         // RFC 7143 §13.14: unsolicited data (immediate included) never exceeds FirstBurstLength.
         guard immediate <= expectedLength else {
-            throw Violation(description: "immediate data \(immediate) exceeds ExpectedDataTransferLength \(expectedLength)")
+            throw Violation(
+                description: "immediate data \(immediate) exceeds ExpectedDataTransferLength \(expectedLength)", ascq: 0x02)
         }
         guard immediate <= limits.firstBurstLength else {
             throw Violation(description: "immediate data \(immediate) exceeds FirstBurstLength \(limits.firstBurstLength)")
@@ -87,7 +92,8 @@ struct DataOutAssembler: Sendable {
         let length = pdu.data.readableBytes
         let offset = Int(pdu.bufferOffset)
         guard offset + length <= expectedLength else {
-            throw Violation(description: "Data-Out [\(offset), +\(length)) beyond ExpectedDataTransferLength \(expectedLength)")
+            throw Violation(
+                description: "Data-Out [\(offset), +\(length)) beyond ExpectedDataTransferLength \(expectedLength)", ascq: 0x02)
         }
         if pdu.targetTransferTag == 0xFFFF_FFFF {
             // Unsolicited Data-Out (RFC 7143 §11.7.4).
@@ -96,7 +102,8 @@ struct DataOutAssembler: Sendable {
                 throw Violation(description: "DataSN \(pdu.dataSN), expected \(unsolicitedNextDataSN)")
             }
             guard offset == unsolicitedReceived else {
-                throw Violation(description: "unsolicited Data-Out at offset \(offset), expected \(unsolicitedReceived)")
+                throw Violation(
+                    description: "unsolicited Data-Out at offset \(offset), expected \(unsolicitedReceived)", ascq: 0x05)
             }
             guard unsolicitedReceived + length <= limits.firstBurstLength else {
                 throw Violation(description: "unsolicited data exceeds FirstBurstLength \(limits.firstBurstLength)")
@@ -117,7 +124,7 @@ struct DataOutAssembler: Sendable {
         }
         // RFC 7143 §13.19 DataPDUInOrder=Yes: offsets ascend without gaps.
         guard offset == s.offset + s.received || !limits.dataPDUInOrder else {
-            throw Violation(description: "Data-Out at offset \(offset), expected \(s.offset + s.received)")
+            throw Violation(description: "Data-Out at offset \(offset), expected \(s.offset + s.received)", ascq: 0x05)
         }
         guard offset >= s.offset, offset + length <= s.offset + s.length else {
             throw Violation(description: "Data-Out [\(offset), +\(length)) outside the R2T's range")

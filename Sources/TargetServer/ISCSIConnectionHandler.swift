@@ -79,6 +79,9 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
     private var tasks: [UInt32: TaskState] = [:]
     /// Commands ahead of a CmdSN gap (RFC 7143 §4.2.2.1), by CmdSN.
     private var heldPDUs: [UInt32: ISCSIPDU] = [:]
+    /// Write tasks that failed during their data phase: their remaining
+    /// Data-Out PDUs are dropped until the initiator's final one.
+    private var drainingTasks: Set<UInt32> = []
     private var nextTargetTransferTag: UInt32 = 1
     private var textNegotiation = TextContinuation()
     private var pendingLogout: (() -> Void)?
@@ -172,6 +175,14 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
     // MARK: - Dispatch
 
     private func received(_ pdu: ISCSIPDU) {
+        logger.trace(
+            "PDU in",
+            metadata: [
+                "opcode": "0x\(String(pdu.header.rawOpcode, radix: 16))", "itt": "\(pdu.header.initiatorTaskTag)",
+                "flags": "0x\(String(pdu.header.flags, radix: 16))", "sn": "\(pdu.header.uint32(at: 24))",
+                "ttt": "\(pdu.header.uint32(at: 20))", "datasn": "\(pdu.header.uint32(at: 36))",
+                "offset": "\(pdu.header.uint32(at: 40))", "length": "\(pdu.data.readableBytes)",
+            ])
         switch phase {
         case .login(var driver):
             guard pdu.opcode == .loginRequest else {
@@ -344,16 +355,15 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
                 firstBurstLength: params.firstBurstLength, maxBurstLength: params.maxBurstLength,
                 maxOutstandingR2T: params.maxOutstandingR2T, initialR2T: params.initialR2T,
                 dataPDUInOrder: params.dataPDUInOrder)
+            tasks[task.itt] = task
             do {
                 task.assembler = try DataOutAssembler(
                     expectedLength: edtl, immediateData: command.data, final: command.final, limits: limits,
                     allocator: context?.channel.allocator ?? ByteBufferAllocator())
             } catch {
-                if inWindow { window.completed() }
-                connectionError(error.description, rejecting: command.pdu.header.bytes, reason: .protocolError)
+                failDataPhase(task, error, drain: !command.final)
                 return
             }
-            tasks[task.itt] = task
             advanceWrite(task)
             return
         }
@@ -394,6 +404,10 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
     // MARK: Data-Out (RFC 7143 §11.7)
 
     private func dataOut(_ pdu: DataOutPDU, header: BasicHeaderSegment) {
+        if drainingTasks.contains(pdu.initiatorTaskTag) {
+            if pdu.final { drainingTasks.remove(pdu.initiatorTaskTag) }
+            return
+        }
         guard let task = tasks[pdu.initiatorTaskTag], var assembler = task.assembler else {
             // Data for a task we do not know (or that was aborted): RFC 7143 §11.17.1 reason 0x09.
             reject(ISCSIPDU(header: header), reason: .invalidPDUField)
@@ -402,11 +416,26 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
         do {
             try assembler.receive(pdu)
         } catch {
-            connectionError(error.description, rejecting: header.bytes, reason: .protocolError)
+            failDataPhase(task, error, drain: !pdu.final)
             return
         }
         task.assembler = assembler
         advanceWrite(task)
+    }
+
+    /// Ends a write task whose Data-Out broke the rules (RFC 7143 §11.7): a
+    /// task-level failure, CHECK CONDITION with ABORTED COMMAND / DATA PHASE
+    /// ERROR; the session goes on.
+    private func failDataPhase(_ task: TaskState, _ violation: DataOutAssembler.Violation, drain: Bool) {
+        logger.info("write task \(task.itt) failed in its data phase: \(violation.description)")
+        server.metrics.rejects.increment()
+        tasks[task.itt] = nil
+        if task.inWindow { window.completed() }
+        if drain { drainingTasks.insert(task.itt) }
+        guard let command = task.command, let params = parameters else { return }
+        let sense = SenseData(key: .abortedCommand, asc: 0x4B, ascq: violation.ascq)
+        sendResult(.checkCondition(sense), for: command, params: params)
+        for end in task.onEnd { end() }
     }
 
     // MARK: Execution
