@@ -70,7 +70,9 @@ final class LogicalUnit: Sendable {
         let defaults = ModeParameters.defaults(for: configuration)
         self.mode = Mutex(defaults)
         self.softwareWriteProtect = Atomic(defaults.softwareWriteProtect)
-        self.limits = BlockLimits(blockSize: configuration.device.blockSize, supportsUnmap: configuration.device.supportsUnmap)
+        self.limits = BlockLimits(
+            blockSize: configuration.device.blockSize,
+            supportsUnmap: configuration.device.supportsUnmap && !hardWriteProtect)
     }
 
     /// Number of logical blocks.
@@ -215,10 +217,13 @@ final class LogicalUnit: Sendable {
     }
 
     /// The first `length` bytes of the command's Data-Out, or INVALID FIELD IN
-    /// COMMAND INFORMATION UNIT when the transport delivered fewer.
+    /// COMMAND INFORMATION UNIT when the transport delivered fewer. With
+    /// `exact` (commands that transfer logical block data), an Expected Data
+    /// Transfer Length different from what the CDB requires is refused the same
+    /// way, before anything is written (FCP-4 §9.4.2 b; LIO does the same).
     @inline(__always)
-    func dataOut(_ command: SCSICommand, length: Int) throws(SenseData) -> ByteBuffer {
-        guard command.dataOut.readableBytes >= length,
+    func dataOut(_ command: SCSICommand, length: Int, exact: Bool = true) throws(SenseData) -> ByteBuffer {
+        guard command.dataOut.readableBytes >= length, !exact || Int(command.expectedDataTransferLength) == length,
             let slice = command.dataOut.getSlice(at: command.dataOut.readerIndex, length: length)
         else { throw .invalidFieldInInformationUnit }
         return slice

@@ -161,7 +161,7 @@ extension LogicalUnit {
         if cdb[1] & 0x01 != 0 { throw .invalidFieldInCDB(byte: 1, bit: 0) }  // SP: nothing is savable
         guard length > 0 else { return .good }
         if cdb[1] & 0x10 == 0 { throw .invalidFieldInCDB(byte: 1, bit: 4) }  // PF: only SPC page format
-        let buffer = try dataOut(command, length: length)
+        let buffer = try dataOut(command, length: length, exact: false)
         let list = buffer.getBytes(at: buffer.readerIndex, length: length) ?? []
 
         let headerLength = ten ? 8 : 4

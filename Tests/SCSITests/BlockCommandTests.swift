@@ -38,7 +38,7 @@ struct BlockCommandTests {
     func cawChecks() async throws {
         let f = try Fixture(blocks: 10)
         expectSense(await f.run(compareAndWrite(lba: 10, blocks: 1), data: [UInt8](repeating: 0, count: 1024)), .illegalRequest, 0x21, 0x00)
-        #expect(await f.run(compareAndWrite(lba: 0, blocks: 0)).status == .good)
+        #expect(await f.run(compareAndWrite(lba: 0, blocks: 0), data: []).status == .good)
     }
 
     @Test("concurrent COMPARE AND WRITE increments are atomic")

@@ -86,13 +86,13 @@ struct ReadWriteTests {
         #expect(f.device.bytes(at: 0, count: 512) == [UInt8](repeating: 0, count: 512))
     }
 
-    @Test("more Data-Out than needed: only the CDB's blocks are written")
+    @Test("Data-Out longer than the CDB needs is refused before anything is written")
     func longDataOut() async throws {
         let f = try Fixture()
         let r = await f.run(write10(lba: 0, blocks: 1), data: [UInt8](repeating: 0xEE, count: 1024))
-        #expect(r.status == .good)
+        expectSense(r, .illegalRequest, 0x0E, 0x03)
         #expect(r.dataOutLength == 512)
-        #expect(f.device.bytes(at: 512, count: 512) == [UInt8](repeating: 0, count: 512))
+        #expect(f.device.bytes(at: 0, count: 1024) == [UInt8](repeating: 0, count: 1024))
     }
 
     @Test("device read failure is MEDIUM ERROR / UNRECOVERED READ ERROR with the LBA")
