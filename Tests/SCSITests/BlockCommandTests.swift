@@ -217,6 +217,7 @@ struct BlockCommandTests {
         let f = try Fixture()
         #expect(await f.run([0x1B, 0, 0, 0, 0x01, 0]).status == .good)
         expectSense(await f.run([0x1B, 1, 0, 0, 0x02, 0]), .illegalRequest, 0x24, 0x00)
+        #expect(await f.run([0x1B, 1, 0, 0, 0x12, 0]).status == .good)  // POWER CONDITION 1: LOEJ ignored
         #expect(await f.run([0x1E, 0, 0, 0, 1, 0]).status == .good)
         #expect(await f.run([0x1E, 0, 0, 0, 0, 0]).status == .good)
         expectSense(await f.run([0x1E, 0, 0, 0, 2, 0]), .illegalRequest, 0x24, 0x00)
