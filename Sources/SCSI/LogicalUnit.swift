@@ -40,6 +40,9 @@ final class LogicalUnit: Sendable {
     let mode: Mutex<ModeParameters>
     /// Fast copy of the control mode page SWP bit, read on every write.
     let softwareWriteProtect: Atomic<Bool>
+    /// Fast copy of the caching mode page WCE bit: without a write cache every
+    /// write is made durable before GOOD (DESIGN.md invariant 2).
+    let writeCacheEnabled: Atomic<Bool>
     /// Serialises COMPARE AND WRITE / ORWRITE against overlapping writes.
     let rangeLock = RangeLock()
     /// Limits reported in the Block Limits VPD page and enforced on CDBs.
@@ -70,6 +73,7 @@ final class LogicalUnit: Sendable {
         let defaults = ModeParameters.defaults(for: configuration)
         self.mode = Mutex(defaults)
         self.softwareWriteProtect = Atomic(defaults.softwareWriteProtect)
+        self.writeCacheEnabled = Atomic(defaults.writeCacheEnabled)
         self.limits = BlockLimits(
             blockSize: configuration.device.blockSize,
             supportsUnmap: configuration.device.supportsUnmap && !hardWriteProtect)
@@ -159,11 +163,24 @@ final class LogicalUnit: Sendable {
     func reset(reporting sense: SenseData) {
         reservations.reset()
         let defaults = ModeParameters.defaults(for: configuration)
-        mode.withLock { $0 = defaults }
-        softwareWriteProtect.store(defaults.softwareWriteProtect, ordering: .relaxed)
+        setMode(defaults)
         for nexus in nexusRegistry.all {
             dropUnitAttentions(for: nexus)
             queueUnitAttention(sense, for: nexus)
+        }
+    }
+
+    /// Installs new current mode parameters and their fast copies.
+    func setMode(_ parameters: ModeParameters) {
+        mode.withLock { $0 = parameters }
+        syncModeCopies()
+    }
+
+    /// Refreshes the atomics the hot path reads from the current mode parameters.
+    func syncModeCopies() {
+        mode.withLock { current in
+            softwareWriteProtect.store(current.softwareWriteProtect, ordering: .relaxed)
+            writeCacheEnabled.store(current.writeCacheEnabled, ordering: .relaxed)
         }
     }
 
@@ -238,10 +255,12 @@ final class LogicalUnit: Sendable {
         }
     }
 
-    /// Writes blocks to the device, mapping failures to sense data.
+    /// Writes blocks to the device, mapping failures to sense data. With the
+    /// write cache disabled (WCE 0) every write is forced unit access.
     func writeBlocks(lba: UInt64, data: ByteBuffer, fua: Bool) async throws(SenseData) {
+        let durable = fua || !writeCacheEnabled.load(ordering: .relaxed)
         do {
-            try await device.write(offset: lba * UInt64(blockSize), data: data, fua: fua)
+            try await device.write(offset: lba * UInt64(blockSize), data: data, fua: durable)
         } catch {
             throw SenseData.from(error, lba: lba, isWrite: true)
         }

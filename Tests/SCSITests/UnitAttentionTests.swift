@@ -157,3 +157,19 @@ struct ModeTests {
         #expect(await f.run(write10(lba: 0, blocks: 1), data: [UInt8](repeating: 1, count: 512)).status == .good)
     }
 }
+
+@Suite("Write cache")
+struct WriteCacheTests {
+    @Test("with WCE cleared by MODE SELECT every write is forced unit access")
+    func writeThrough() async throws {
+        let f = try Fixture()
+        #expect(await f.run(write10(lba: 0, blocks: 1), data: [UInt8](repeating: 1, count: 512)).status == .good)
+        #expect(f.device.state.withLock { $0.fuaWrites } == 0)
+        var page = await f.run([0x1A, 0x08, 0x08, 0, 255, 0]).bytes
+        page[0] = 0
+        page[4 + 2] &= ~0x04
+        #expect(await f.run([0x15, 0x10, 0, 0, UInt8(page.count), 0], data: page).status == .good)
+        #expect(await f.run(write10(lba: 0, blocks: 1), data: [UInt8](repeating: 1, count: 512)).status == .good)
+        #expect(f.device.state.withLock { $0.fuaWrites } == 1)
+    }
+}
