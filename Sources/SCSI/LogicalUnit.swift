@@ -218,7 +218,7 @@ final class LogicalUnit: Sendable {
         } catch {
             result = .checkCondition(error)
         }
-        if let dataOut = descriptor.dataOutLength, result.dataOutLength == nil {
+        if let dataOut = descriptor.dataOutLength, result.dataOutLength == nil, cdb.count >= descriptor.cdbLength {
             result.dataOutLength = dataOut(cdb, blockSize)
         }
         return result

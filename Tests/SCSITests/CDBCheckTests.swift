@@ -55,6 +55,8 @@ struct CDBCheckTests {
     func shortCDB() async throws {
         let f = try Fixture()
         expectSense(await f.run([0x28, 0, 0]), .illegalRequest, 0x24, 0x00)
+        expectSense(await f.run([0x5F, 0, 0], data: []), .illegalRequest, 0x24, 0x00)
+        expectSense(await f.run([0x89, 0, 0, 0], data: []), .illegalRequest, 0x24, 0x00)
     }
 
     @Test("every table entry's usage data starts with its opcode and has a known CDB size")
@@ -63,5 +65,31 @@ struct CDBCheckTests {
             #expect([6, 10, 12, 16].contains(d.cdbLength), "\(d.name)")
             #expect(d.usage[0] == d.opcode)
         }
+    }
+}
+
+@Suite("Robustness")
+struct RobustnessTests {
+    @Test("any opcode with any CDB length and contents gets an answer, never a crash")
+    func everyOpcode() async throws {
+        let f = try Fixture(blocks: 64)
+        f.target.nexusEstablished(nexusA)
+        var seed: UInt64 = 0x9E37_79B9_7F4A_7C15
+        func next() -> UInt8 {
+            seed = seed &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            return UInt8(truncatingIfNeeded: seed >> 33)
+        }
+        var answered = 0
+        for opcode in 0...255 {
+            for length in [1, 3, 6, 10, 12, 16] {
+                var cdb = [UInt8(opcode)]
+                for _ in 1..<length { cdb.append(next() & 0x0F) }
+                let payload = [UInt8](repeating: next(), count: Int(next()) * 4)
+                let r = await f.run(cdb, data: opcode & 1 == 0 ? payload : nil)
+                #expect(r.status != .good || r.sense == nil)
+                answered += 1
+            }
+        }
+        #expect(answered == 256 * 6)
     }
 }
