@@ -137,9 +137,9 @@ extension LogicalUnit {
         let lba = sixteen ? cdb.be64(2) : UInt64(cdb.be32(2))
         let blocks = sixteen ? UInt64(cdb.be32(10)) : UInt64(cdb.be16(7))
         let lengthByte = sixteen ? 10 : 7
+        try checkRange(lba: lba, blocks: blocks)
         if blocks == 0 { throw .invalidFieldInCDB(byte: lengthByte) }  // WSNZ = 1
         if blocks > limits.maximumWriteSameLength { throw .invalidFieldInCDB(byte: lengthByte) }
-        try checkRange(lba: lba, blocks: blocks)
 
         var block: ByteBuffer
         if noDataOutBuffer {
@@ -183,7 +183,7 @@ extension LogicalUnit {
         let length = Int(cdb.be16(7))
         if length == 0 { return .good }
         if length < 8 { throw .parameterListLengthError }
-        let buffer = try dataOut(command, length: length)
+        let buffer = try dataOut(command, length: length, exact: false)
         let list = buffer.getBytes(at: buffer.readerIndex, length: length) ?? []
         let descriptorBytes = Swift.min(Int(list.be16(2)), length - 8)
         let count = descriptorBytes / 16

@@ -40,6 +40,9 @@ final class LogicalUnit: Sendable {
     let mode: Mutex<ModeParameters>
     /// Fast copy of the control mode page SWP bit, read on every write.
     let softwareWriteProtect: Atomic<Bool>
+    /// Fast copy of the caching mode page WCE bit: without a write cache every
+    /// write is made durable before GOOD (DESIGN.md invariant 2).
+    let writeCacheEnabled: Atomic<Bool>
     /// Serialises COMPARE AND WRITE / ORWRITE against overlapping writes.
     let rangeLock = RangeLock()
     /// Limits reported in the Block Limits VPD page and enforced on CDBs.
@@ -70,7 +73,10 @@ final class LogicalUnit: Sendable {
         let defaults = ModeParameters.defaults(for: configuration)
         self.mode = Mutex(defaults)
         self.softwareWriteProtect = Atomic(defaults.softwareWriteProtect)
-        self.limits = BlockLimits(blockSize: configuration.device.blockSize, supportsUnmap: configuration.device.supportsUnmap)
+        self.writeCacheEnabled = Atomic(defaults.writeCacheEnabled)
+        self.limits = BlockLimits(
+            blockSize: configuration.device.blockSize,
+            supportsUnmap: configuration.device.supportsUnmap && !hardWriteProtect)
     }
 
     /// Number of logical blocks.
@@ -157,11 +163,24 @@ final class LogicalUnit: Sendable {
     func reset(reporting sense: SenseData) {
         reservations.reset()
         let defaults = ModeParameters.defaults(for: configuration)
-        mode.withLock { $0 = defaults }
-        softwareWriteProtect.store(defaults.softwareWriteProtect, ordering: .relaxed)
+        setMode(defaults)
         for nexus in nexusRegistry.all {
             dropUnitAttentions(for: nexus)
             queueUnitAttention(sense, for: nexus)
+        }
+    }
+
+    /// Installs new current mode parameters and their fast copies.
+    func setMode(_ parameters: ModeParameters) {
+        mode.withLock { $0 = parameters }
+        syncModeCopies()
+    }
+
+    /// Refreshes the atomics the hot path reads from the current mode parameters.
+    func syncModeCopies() {
+        mode.withLock { current in
+            softwareWriteProtect.store(current.softwareWriteProtect, ordering: .relaxed)
+            writeCacheEnabled.store(current.writeCacheEnabled, ordering: .relaxed)
         }
     }
 
@@ -199,7 +218,7 @@ final class LogicalUnit: Sendable {
         } catch {
             result = .checkCondition(error)
         }
-        if let dataOut = descriptor.dataOutLength, result.dataOutLength == nil {
+        if let dataOut = descriptor.dataOutLength, result.dataOutLength == nil, cdb.count >= descriptor.cdbLength {
             result.dataOutLength = dataOut(cdb, blockSize)
         }
         return result
@@ -215,10 +234,13 @@ final class LogicalUnit: Sendable {
     }
 
     /// The first `length` bytes of the command's Data-Out, or INVALID FIELD IN
-    /// COMMAND INFORMATION UNIT when the transport delivered fewer.
+    /// COMMAND INFORMATION UNIT when the transport delivered fewer. With
+    /// `exact` (commands that transfer logical block data), an Expected Data
+    /// Transfer Length different from what the CDB requires is refused the same
+    /// way, before anything is written (FCP-4 §9.4.2 b; LIO does the same).
     @inline(__always)
-    func dataOut(_ command: SCSICommand, length: Int) throws(SenseData) -> ByteBuffer {
-        guard command.dataOut.readableBytes >= length,
+    func dataOut(_ command: SCSICommand, length: Int, exact: Bool = true) throws(SenseData) -> ByteBuffer {
+        guard command.dataOut.readableBytes >= length, !exact || Int(command.expectedDataTransferLength) == length,
             let slice = command.dataOut.getSlice(at: command.dataOut.readerIndex, length: length)
         else { throw .invalidFieldInInformationUnit }
         return slice
@@ -233,10 +255,12 @@ final class LogicalUnit: Sendable {
         }
     }
 
-    /// Writes blocks to the device, mapping failures to sense data.
+    /// Writes blocks to the device, mapping failures to sense data. With the
+    /// write cache disabled (WCE 0) every write is forced unit access.
     func writeBlocks(lba: UInt64, data: ByteBuffer, fua: Bool) async throws(SenseData) {
+        let durable = fua || !writeCacheEnabled.load(ordering: .relaxed)
         do {
-            try await device.write(offset: lba * UInt64(blockSize), data: data, fua: fua)
+            try await device.write(offset: lba * UInt64(blockSize), data: data, fua: durable)
         } catch {
             throw SenseData.from(error, lba: lba, isWrite: true)
         }

@@ -161,7 +161,7 @@ extension LogicalUnit {
         if cdb[1] & 0x01 != 0 { throw .invalidFieldInCDB(byte: 1, bit: 0) }  // SP: nothing is savable
         guard length > 0 else { return .good }
         if cdb[1] & 0x10 == 0 { throw .invalidFieldInCDB(byte: 1, bit: 4) }  // PF: only SPC page format
-        let buffer = try dataOut(command, length: length)
+        let buffer = try dataOut(command, length: length, exact: false)
         let list = buffer.getBytes(at: buffer.readerIndex, length: length) ?? []
 
         let headerLength = ten ? 8 : 4
@@ -184,29 +184,33 @@ extension LogicalUnit {
             }
         }
 
-        let current = mode.withLock { $0 }
-        var updated = current
-        var offset = headerLength + descriptorLength
-        while offset < list.count {
-            guard offset + 2 <= list.count else { throw .parameterListLengthError }
-            if list[offset] & 0x40 != 0 { throw .invalidFieldInParameterList(byte: offset, bit: 6) }  // SPF: no subpages
-            guard let page = ModePage(rawValue: list[offset] & 0x3F) else {
-                throw .invalidFieldInParameterList(byte: offset, bit: 5)
+        // Validate and apply under the lock so concurrent MODE SELECTs don't lose updates.
+        let (before, after) = try mode.withLock { current throws(SenseData) -> (ModeParameters, ModeParameters) in
+            var updated = current
+            var offset = headerLength + descriptorLength
+            while offset < list.count {
+                guard offset + 2 <= list.count else { throw .parameterListLengthError }
+                if list[offset] & 0x40 != 0 { throw .invalidFieldInParameterList(byte: offset, bit: 6) }  // SPF: no subpages
+                guard let page = ModePage(rawValue: list[offset] & 0x3F) else {
+                    throw .invalidFieldInParameterList(byte: offset, bit: 5)
+                }
+                let ours = page.bytes(current)
+                let mask = page.changeableMask
+                guard Int(list[offset + 1]) == ours.count - 2 else { throw .invalidFieldInParameterList(byte: offset + 1) }
+                guard offset + ours.count <= list.count else { throw .parameterListLengthError }
+                for i in 2..<ours.count where (list[offset + i] ^ ours[i]) & ~mask[i] != 0 {
+                    throw .invalidFieldInParameterList(byte: offset + i)
+                }
+                page.apply(list[offset..<(offset + ours.count)], to: &updated)
+                offset += ours.count
             }
-            let ours = page.bytes(current)
-            let mask = page.changeableMask
-            guard Int(list[offset + 1]) == ours.count - 2 else { throw .invalidFieldInParameterList(byte: offset + 1) }
-            guard offset + ours.count <= list.count else { throw .parameterListLengthError }
-            for i in 2..<ours.count where (list[offset + i] ^ ours[i]) & ~mask[i] != 0 {
-                throw .invalidFieldInParameterList(byte: offset + i)
-            }
-            page.apply(list[offset..<(offset + ours.count)], to: &updated)
-            offset += ours.count
+            let before = current
+            current = updated
+            return (before, updated)
         }
 
-        if updated != current {
-            mode.withLock { $0 = updated }
-            softwareWriteProtect.store(updated.softwareWriteProtect, ordering: .relaxed)
+        if after != before {
+            syncModeCopies()
             establishUnitAttention(.modeParametersChanged, except: command.nexus)
         }
         return .good

@@ -6,7 +6,7 @@ import NIOCore
 /// drives the reserved-bit checks and answers REPORT SUPPORTED OPERATION
 /// CODES), its properties and its handler. Modeled on tgt's `usr/sbc.c`
 /// opcode table.
-struct CommandDescriptor: Sendable {
+final class CommandDescriptor: Sendable {
     typealias Handler = @Sendable (LogicalUnit, SCSICommand) async throws(SenseData) -> SCSIResult
     typealias DataOutLength = @Sendable ([UInt8], Int) -> Int
 

@@ -15,10 +15,12 @@ extension LogicalUnit {
         return dataIn(descriptor ? sense.descriptorFormatBytes : sense.fixedFormatBytes, allocationLength: allocation)
     }
 
-    /// START STOP UNIT (SBC-4 §5.25): accepted, except loading or ejecting,
-    /// which a non-removable medium cannot do.
+    /// START STOP UNIT (SBC-4 §5.25): accepted, except loading or ejecting
+    /// (LOEJ with POWER CONDITION 0h), which a non-removable medium cannot do.
+    /// With another power condition, START and LOEJ are ignored.
     func startStopUnit(_ command: SCSICommand) throws(SenseData) -> SCSIResult {
-        if command.cdb[4] & 0x02 != 0 { throw .invalidFieldInCDB(byte: 4, bit: 1) }  // LOEJ
+        let powerCondition = command.cdb[4] >> 4
+        if powerCondition == 0 && command.cdb[4] & 0x02 != 0 { throw .invalidFieldInCDB(byte: 4, bit: 1) }
         return .good
     }
 

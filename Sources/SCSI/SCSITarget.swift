@@ -189,8 +189,9 @@ public final class SCSITarget: Sendable {
     // MARK: - Task management and nexus events
 
     /// Applies a task management function's effect on SCSI state (SAM-5 §7):
-    /// LUN and target resets release SPC-2 reservations and establish a
-    /// unit attention for every other nexus. Returns false when the LUN does
+    /// LUN and target resets release SPC-2 reservations, restore the default
+    /// mode parameters and establish a unit attention for every nexus (29/03
+    /// for LOGICAL UNIT RESET and TARGET WARM RESET, 29/01 for TARGET COLD RESET). Returns false when the LUN does
     /// not exist. The transport aborts its own tasks before calling this.
     public func taskManagement(_ function: TaskManagementFunction, lun: UInt64, nexus: ITNexus) async -> Bool {
         switch function {

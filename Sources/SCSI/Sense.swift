@@ -56,7 +56,13 @@ extension SenseData {
 
     /// UNRECOVERED READ ERROR 11/00 with INFORMATION = the first LBA of the request.
     static func unrecoveredReadError(lba: UInt64) -> SenseData {
-        SenseData(key: .mediumError, asc: 0x11, ascq: 0x00, information: lba)
+        SenseData(key: .mediumError, asc: 0x11, ascq: 0x00, information: fixedFormatInformation(lba))
+    }
+
+    /// INFORMATION for fixed-format sense: only values that fit its 4 bytes
+    /// (SPC-4 §4.5.3: otherwise VALID is 0 and the field is not reported).
+    static func fixedFormatInformation(_ value: UInt64) -> UInt64? {
+        value <= UInt64(UInt32.max) ? value : nil
     }
 
     /// MISCOMPARE DURING VERIFY OPERATION 1D/00 with INFORMATION = byte offset (SBC-4 §5.3).
@@ -87,7 +93,7 @@ extension SenseData {
         case .readFailed: return .unrecoveredReadError(lba: lba)
         case .writeFailed:
             var s = SenseData.writeError
-            s.information = lba
+            s.information = fixedFormatInformation(lba)
             return s
         case .noSpace: return .spaceAllocationFailed
         case .writeProtected: return .writeProtected

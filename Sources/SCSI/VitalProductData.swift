@@ -10,7 +10,8 @@ struct BlockLimits: Sendable {
     let optimalTransferLength: UInt32
     /// OPTIMAL TRANSFER LENGTH GRANULARITY in blocks (4 KiB).
     let optimalGranularity: UInt16
-    /// MAXIMUM UNMAP LBA COUNT (0 without unmap support).
+    /// MAXIMUM UNMAP LBA COUNT (256 MiB; 0 without unmap support). libiscsi
+    /// calls anything above 1M blocks insane.
     let maximumUnmapLBACount: UInt32
     /// MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT.
     let maximumUnmapDescriptors: UInt32
@@ -24,7 +25,7 @@ struct BlockLimits: Sendable {
         maximumTransferLength = (8 << 20) / bs
         optimalTransferLength = (1 << 20) / bs
         optimalGranularity = UInt16(Swift.max(1, 4096 / bs))
-        maximumUnmapLBACount = supportsUnmap ? (1 << 30) / bs : 0
+        maximumUnmapLBACount = supportsUnmap ? (256 << 20) / bs : 0
         maximumUnmapDescriptors = supportsUnmap ? 256 : 0
         maximumWriteSameLength = UInt64((64 << 20) / bs)
     }

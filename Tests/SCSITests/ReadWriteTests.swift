@@ -1,0 +1,129 @@
+import BlockDevice
+import NIOCore
+import Testing
+
+@testable import SCSI
+
+@Suite("READ / WRITE family")
+struct ReadWriteTests {
+    @Test("WRITE(10) then READ(10) returns the data")
+    func roundTrip() async throws {
+        let f = try Fixture()
+        let data = (0..<1024).map { UInt8($0 & 0xFF) }
+        let w = await f.run(write10(lba: 10, blocks: 2), data: data)
+        #expect(w.status == .good)
+        #expect(w.dataOutLength == 1024)
+        let r = await f.run(read10(lba: 10, blocks: 2))
+        #expect(r.status == .good)
+        #expect(r.bytes == data)
+    }
+
+    @Test("WRITE(16) / READ(16) and READ(12) agree")
+    func sixteenAndTwelve() async throws {
+        let f = try Fixture()
+        let data = [UInt8](repeating: 0xAB, count: 512)
+        #expect(await f.run(cdb16(0x8A, lba: 100, blocks: 1), data: data).status == .good)
+        #expect(await f.run(cdb16(0x88, lba: 100, blocks: 1)).bytes == data)
+        let read12: [UInt8] = [0xA8, 0, 0, 0, 0, 100, 0, 0, 0, 1, 0, 0]
+        #expect(await f.run(read12).bytes == data)
+    }
+
+    @Test("READ(6) with TRANSFER LENGTH 0 reads 256 blocks")
+    func read6Zero() async throws {
+        let f = try Fixture()
+        let r = await f.run([0x08, 0, 0, 0, 0, 0])
+        #expect(r.status == .good)
+        #expect(r.bytes.count == 256 * 512)
+    }
+
+    @Test("READ(10) with TRANSFER LENGTH 0 is GOOD with no data")
+    func readZero() async throws {
+        let f = try Fixture()
+        let r = await f.run(read10(lba: 0, blocks: 0))
+        #expect(r.status == .good)
+        #expect(r.bytes.isEmpty)
+    }
+
+    @Test("reads past the end get LBA OUT OF RANGE")
+    func beyondEnd() async throws {
+        let f = try Fixture(blocks: 100)
+        expectSense(await f.run(read10(lba: 99, blocks: 2)), .illegalRequest, 0x21, 0x00)
+        expectSense(await f.run(cdb16(0x88, lba: UInt64.max, blocks: 1)), .illegalRequest, 0x21, 0x00)
+        #expect(await f.run(read10(lba: 99, blocks: 1)).status == .good)
+    }
+
+    @Test("TRANSFER LENGTH above the Block Limits maximum is INVALID FIELD IN CDB")
+    func tooLong() async throws {
+        let f = try Fixture(blocks: 100_000)
+        let r = await f.run(cdb16(0x88, lba: 0, blocks: 16385))
+        expectSense(r, .illegalRequest, 0x24, 0x00)
+        #expect(r.sense?.senseKeySpecific?.2 == 10)
+    }
+
+    @Test("RDPROTECT and WRPROTECT are refused (no protection information)")
+    func protect() async throws {
+        let f = try Fixture()
+        expectSense(await f.run(read10(lba: 0, blocks: 1, flags: 0x20)), .illegalRequest, 0x24, 0x00)
+        expectSense(
+            await f.run(write10(lba: 0, blocks: 1, flags: 0x40), data: [UInt8](repeating: 0, count: 512)),
+            .illegalRequest, 0x24, 0x00)
+    }
+
+    @Test("FUA reaches the device; DPO is accepted")
+    func fua() async throws {
+        let f = try Fixture()
+        let r = await f.run(write10(lba: 0, blocks: 1, flags: 0x18), data: [UInt8](repeating: 1, count: 512))
+        #expect(r.status == .good)
+        #expect(f.device.state.withLock { $0.fuaWrites } == 1)
+    }
+
+    @Test("less Data-Out than the CDB needs: INVALID FIELD IN INFORMATION UNIT, nothing written")
+    func shortDataOut() async throws {
+        let f = try Fixture()
+        let r = await f.run(write10(lba: 0, blocks: 2), data: [UInt8](repeating: 0xEE, count: 512))
+        expectSense(r, .illegalRequest, 0x0E, 0x03)
+        #expect(r.dataOutLength == 1024)
+        #expect(f.device.bytes(at: 0, count: 512) == [UInt8](repeating: 0, count: 512))
+    }
+
+    @Test("Data-Out longer than the CDB needs is refused before anything is written")
+    func longDataOut() async throws {
+        let f = try Fixture()
+        let r = await f.run(write10(lba: 0, blocks: 1), data: [UInt8](repeating: 0xEE, count: 1024))
+        expectSense(r, .illegalRequest, 0x0E, 0x03)
+        #expect(r.dataOutLength == 512)
+        #expect(f.device.bytes(at: 0, count: 1024) == [UInt8](repeating: 0, count: 1024))
+    }
+
+    @Test("device read failure is MEDIUM ERROR / UNRECOVERED READ ERROR with the LBA")
+    func mediumError() async throws {
+        let f = try Fixture()
+        f.device.state.withLock { $0.failReads = true }
+        let r = await f.run(read10(lba: 7, blocks: 1))
+        expectSense(r, .mediumError, 0x11, 0x00)
+        #expect(r.sense?.information == 7)
+    }
+
+    @Test("device write failures map to WRITE ERROR and SPACE ALLOCATION FAILED")
+    func writeErrors() async throws {
+        let f = try Fixture()
+        f.device.state.withLock { $0.failWrites = .writeFailed }
+        expectSense(await f.run(write10(lba: 0, blocks: 1), data: [UInt8](repeating: 1, count: 512)), .mediumError, 0x0C, 0x00)
+        f.device.state.withLock { $0.failWrites = .noSpace }
+        expectSense(await f.run(write10(lba: 0, blocks: 1), data: [UInt8](repeating: 1, count: 512)), .dataProtect, 0x27, 0x07)
+        f.device.state.withLock { $0.failWrites = .notReady }
+        expectSense(await f.run(write10(lba: 0, blocks: 1), data: [UInt8](repeating: 1, count: 512)), .notReady, 0x04, 0x00)
+    }
+
+    @Test("a read-only LU refuses writes with WRITE PROTECTED but reads")
+    func readOnly() async throws {
+        for f in [try Fixture(readOnly: true), try Fixture(deviceReadOnly: true)] {
+            expectSense(
+                await f.run(write10(lba: 0, blocks: 1), data: [UInt8](repeating: 1, count: 512)), .dataProtect, 0x27, 0x00)
+            expectSense(await f.run([0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0], data: [UInt8](repeating: 0, count: 24)), .illegalRequest, 0x20, 0x00)
+            #expect(await f.run(read10(lba: 0, blocks: 1)).status == .good)
+            let sense = await f.run([0x1A, 0x08, 0x3F, 0, 255, 0])
+            #expect(sense.bytes[2] & 0x80 != 0)
+        }
+    }
+}
