@@ -32,9 +32,9 @@ extension LogicalUnit {
     func write(_ command: SCSICommand) async throws(SenseData) -> SCSIResult {
         let r = ReadWriteCDB(command.cdb)
         try checkTransfer(r)
-        let data = try dataOut(command, length: Int(r.blocks) * blockSize)
-        if r.blocks == 0 { return .good }
-        let token = await rangeLock.lock(lba: r.lba, blocks: UInt64(r.blocks))
+        let (data, blocks) = blockDataOut(command, blocks: r.blocks)
+        if blocks == 0 { return .good }
+        let token = await rangeLock.lock(lba: r.lba, blocks: UInt64(blocks))
         defer { rangeLock.unlock(token) }
         try await writeBlocks(lba: r.lba, data: data, fua: r.fua)
         return .good
@@ -46,9 +46,9 @@ extension LogicalUnit {
     func writeAndVerify(_ command: SCSICommand) async throws(SenseData) -> SCSIResult {
         let r = ReadWriteCDB(command.cdb)
         try checkTransfer(r)
-        let data = try dataOut(command, length: Int(r.blocks) * blockSize)
-        if r.blocks == 0 { return .good }
-        let token = await rangeLock.lock(lba: r.lba, blocks: UInt64(r.blocks))
+        let (data, blocks) = blockDataOut(command, blocks: r.blocks)
+        if blocks == 0 { return .good }
+        let token = await rangeLock.lock(lba: r.lba, blocks: UInt64(blocks))
         defer { rangeLock.unlock(token) }
         try await writeBlocks(lba: r.lba, data: data, fua: true)
         return .good

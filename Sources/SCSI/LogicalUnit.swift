@@ -246,6 +246,20 @@ final class LogicalUnit: Sendable {
         return slice
     }
 
+    /// The logical block data of a WRITE or WRITE AND VERIFY whose Data-Out may
+    /// disagree with the CDB. FCP-4 §9.4.2 a), which libiscsi's iSCSIResiduals
+    /// tests expect: process the command but transfer no data beyond the
+    /// Expected Data Transfer Length, so only the whole blocks received are
+    /// written; surplus Data-Out is ignored. The transport reports the residual.
+    @inline(__always)
+    func blockDataOut(_ command: SCSICommand, blocks: UInt32) -> (data: ByteBuffer, blocks: UInt32) {
+        let wanted = Int(blocks) * blockSize
+        let available = min(command.dataOut.readableBytes, Int(command.expectedDataTransferLength))
+        let usable = min(wanted, available - available % blockSize)
+        let slice = command.dataOut.getSlice(at: command.dataOut.readerIndex, length: usable) ?? ByteBuffer()
+        return (slice, UInt32(usable / blockSize))
+    }
+
     /// Reads blocks from the device, mapping failures to sense data.
     func readBlocks(lba: UInt64, blocks: UInt64) async throws(SenseData) -> ByteBuffer {
         do {
