@@ -92,4 +92,10 @@ public struct BlockDeviceError: Error, Sendable, Equatable, CustomStringConverti
 
     public static func readFailed(_ detail: String, errno: Int32? = nil) -> Self { .init(.readFailed, errno: errno, detail) }
     public static func writeFailed(_ detail: String, errno: Int32? = nil) -> Self { .init(.writeFailed, errno: errno, detail) }
+    public static func noSpace(_ detail: String, errno: Int32? = nil) -> Self { .init(.noSpace, errno: errno, detail) }
+    public static func writeProtected(_ detail: String, errno: Int32? = nil) -> Self {
+        .init(.writeProtected, errno: errno, detail)
+    }
+    public static func notReady(_ detail: String) -> Self { .init(.notReady, detail) }
+    public static func outOfRange(_ detail: String) -> Self { .init(.outOfRange, detail) }
 }
