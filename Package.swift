@@ -95,6 +95,7 @@ let package = Package(
             dependencies: [
                 "LiveMountConfig", "TargetServer", "SCSI", "BlockDevice",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -17,7 +17,7 @@ import TargetServer
 ///
 /// Exit status: 0 after a clean shutdown (SIGTERM/SIGINT) or a successful `--check`; 1 for configuration
 /// and argument errors (the message names the field); 2 for runtime failures such as a port in use.
-@main
+
 struct Livemountd: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "livemountd",
@@ -98,7 +98,7 @@ struct Livemountd: AsyncParsableCommand {
     var logLevel: String?
 
     /// Parses the command line and runs; usage errors exit with status 1 (not ArgumentParser's 64).
-    static func main() async {
+    static func launch() async {
         let command: Livemountd
         do {
             command = try parse()

@@ -511,17 +511,31 @@ struct ConfigurationTests {
 
 @Suite("Opening devices")
 struct OpenDeviceTests {
-    @Test("until AIOFileDevice lands, openDevice says so and names the LUN")
-    func notYetAvailable() async throws {
+    @Test("openDevice opens the image on libaio with the configured geometry")
+    func opensImage() async throws {
         let scratch = try Scratch()
         let image = try scratch.image("a.img")
         let loaded = try DaemonConfiguration.parse(toml: ConfigurationTests.document(image: image))
+        let server = try await loaded.configuration.makeServerConfiguration()
+        let lu = try #require(server.targets.first?.logicalUnits.first)
+        let size = try FileManager.default.attributesOfItem(atPath: image)[.size] as? UInt64
+        #expect(lu.device.capacity == size)
+        #expect(lu.device.blockSize == 512)
+        for target in server.targets { for unit in target.logicalUnits { await unit.device.close() } }
+    }
+
+    @Test("an image that vanished after validation fails with the LUN named")
+    func vanished() async throws {
+        let scratch = try Scratch()
+        let image = try scratch.image("a.img")
+        let loaded = try DaemonConfiguration.parse(toml: ConfigurationTests.document(image: image))
+        try FileManager.default.removeItem(atPath: image)
         do {
             _ = try await loaded.configuration.makeServerConfiguration()
-            Issue.record("opened a device")
+            Issue.record("opened a device that does not exist")
         } catch {
             #expect(error.field == "target iqn.2026-11.org.example:disk0 LUN 0")
-            #expect(error.reason.contains("not yet available"))
+            #expect(error.reason.contains(image))
         }
     }
 }
