@@ -48,6 +48,7 @@ public final class SQLiteConnection {
     /// Runs `body` in a transaction: commits when it returns, rolls back when it throws.
     /// `BEGIN IMMEDIATE` takes the write lock up front, so a writer never fails
     /// half-way with SQLITE_BUSY on lock upgrade.
+    @discardableResult
     public func transaction<T>(_ body: (SQLiteConnection) throws -> T) throws -> T {
         try execute("BEGIN IMMEDIATE")
         do {
@@ -144,7 +145,7 @@ public final class SQLiteDatabase: @unchecked Sendable {
         sqlite3_extended_result_codes(handle, 1)
         sqlite3_busy_timeout(handle, options.busyTimeoutMilliseconds)
         let conn = SQLiteConnection(handle: handle)
-        do {
+        do throws(SQLiteError) {
             if !options.readOnly && path != ":memory:" {
                 // journal_mode answers with a row, so it goes through a query.
                 let mode = try conn.query("PRAGMA journal_mode=\(options.journalMode.rawValue)").first?.string(0)
@@ -208,6 +209,7 @@ public final class SQLiteDatabase: @unchecked Sendable {
 
     /// Runs `body` in one transaction under the lock: commits when it returns,
     /// rolls back when it throws.
+    @discardableResult
     public func transaction<T: Sendable>(_ body: (SQLiteConnection) throws -> T) throws -> T {
         try withConnection { conn in try conn.transaction(body) }
     }

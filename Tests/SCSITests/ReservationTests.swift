@@ -457,7 +457,8 @@ struct ReservationTests {
         let (result, _) = pr.manager.persistentReserveOut(cdb: cdb, parameters: ByteBuffer(bytes: params), nexus: a)
         #expect(result.status == .good)
         #expect(pr.keys() == [0xB0])
-        #expect(pr.reservation()! == (0xB0, PRKind.we.rawValue))
+        let moved = try #require(pr.reservation())
+        #expect(moved == (0xB0, PRKind.we.rawValue))
         #expect(!pr.manager.conflicts(cdb: write10, nexus: b))
         #expect(pr.manager.conflicts(cdb: write10, nexus: a))
         // Only the holder may move: `a` is not registered any more.
@@ -480,7 +481,8 @@ struct ReservationTests {
         let pr = try PR(directory: dir)
         #expect(pr.keys() == [0xDEAD_BEEF_0000_0001, 2, 3])
         #expect(pr.generation() == 3)
-        #expect(pr.reservation()! == (0xDEAD_BEEF_0000_0001, PRKind.earo.rawValue))
+        let restored = try #require(pr.reservation())
+        #expect(restored == (0xDEAD_BEEF_0000_0001, PRKind.earo.rawValue))
         #expect(pr.data(2)[3] & 0x01 == 1)  // PTPL_A as set
         #expect(pr.manager.conflicts(cdb: read10, nexus: nexus(initiatorA, isid: 9)))
         #expect(!pr.manager.conflicts(cdb: write10, nexus: nexus(initiatorB, isid: 7, tpgt: 4)))

@@ -89,22 +89,11 @@ final class ReservationStore: Sendable {
 
     /// Replaces the saved state of `lunKey` with `state`, atomically.
     func save(lunKey: String, state: PersistentReservationState) throws {
+        let holderPosition = state.reservation?.holder.flatMap { holder in
+            state.registrations.firstIndex { $0.registrant == holder }.map { Int64($0) }
+        }
         try db.transaction { conn in
-            try conn.run("DELETE FROM pr_registrations WHERE lun_key = ?", [lunKey])
-            var holderPosition: Int64?
-            let insert = try conn.prepare(
-                """
-                INSERT INTO pr_registrations (lun_key, position, initiator_name, isid, target_port_name,
-                    relative_target_port_id, reservation_key) VALUES (?, ?, ?, ?, ?, ?, ?)
-                """)
-            for (position, registration) in state.registrations.enumerated() {
-                let r = registration.registrant
-                try insert.run([
-                    lunKey, Int64(position), r.initiatorName, r.isid.map { Int64(bitPattern: $0) },
-                    r.targetPortName, Int64(r.relativeTargetPortID), Int64(bitPattern: registration.key),
-                ])
-                if let holder = state.reservation?.holder, holder == r { holderPosition = Int64(position) }
-            }
+            // The LU row first: registrations reference it.
             try conn.run(
                 """
                 INSERT INTO pr_logical_units (lun_key, generation, aptpl, reservation_type, reservation_scope,
@@ -118,6 +107,19 @@ final class ReservationStore: Sendable {
                     state.reservation.map { Int64($0.type.rawValue) }, state.reservation.map { Int64($0.scope) },
                     holderPosition,
                 ])
+            try conn.run("DELETE FROM pr_registrations WHERE lun_key = ?", [lunKey])
+            let insert = try conn.prepare(
+                """
+                INSERT INTO pr_registrations (lun_key, position, initiator_name, isid, target_port_name,
+                    relative_target_port_id, reservation_key) VALUES (?, ?, ?, ?, ?, ?, ?)
+                """)
+            for (position, registration) in state.registrations.enumerated() {
+                let r = registration.registrant
+                try insert.run([
+                    lunKey, Int64(position), r.initiatorName, r.isid.map { Int64(bitPattern: $0) },
+                    r.targetPortName, Int64(r.relativeTargetPortID), Int64(bitPattern: registration.key),
+                ])
+            }
         }
     }
 }
