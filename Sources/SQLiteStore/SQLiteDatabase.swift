@@ -149,10 +149,11 @@ public final class SQLiteDatabase: @unchecked Sendable {
             if !options.readOnly && path != ":memory:" {
                 // journal_mode answers with a row, so it goes through a query.
                 let mode = try conn.query("PRAGMA journal_mode=\(options.journalMode.rawValue)").first?.string(0)
-                if mode?.uppercased() != options.journalMode.rawValue {
+                let wanted = options.journalMode.rawValue
+                if mode?.uppercased() != wanted {
+                    let got = mode ?? "nothing"
                     throw SQLiteError(
-                        code: SQLITE_ERROR,
-                        message: "journal_mode \(options.journalMode.rawValue) refused (got \(mode ?? "nothing")) for \(path)")
+                        code: SQLITE_ERROR, message: "journal_mode \(wanted) refused (got \(got)) for \(path)")
                 }
             }
             try conn.execute("PRAGMA synchronous=\(options.synchronous.rawValue)")

@@ -61,7 +61,9 @@ public final class SQLiteStatement {
             }
         case .null: rc = sqlite3_bind_null(s, i)
         }
-        guard rc == SQLITE_OK else { throw SQLiteError.from(db, code: rc, context: "bind parameter \(index) of \(sql)") }
+        guard rc == SQLITE_OK else {
+            throw SQLiteError.from(db, code: rc, context: "bind parameter \(index) of \(sql)")
+        }
     }
 
     /// Binds `values` to parameters 1...n, after clearing earlier bindings.

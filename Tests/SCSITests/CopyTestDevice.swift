@@ -56,7 +56,9 @@ final class CopyTestDevice: BlockDevice {
         let result: Result<[UInt8], BlockDeviceError> = state.withLock { s in
             s.readCalls += 1
             if s.failReads { return .failure(.readFailed("injected")) }
-            guard offset + UInt64(length) <= UInt64(s.bytes.count) else { return .failure(BlockDeviceError(.outOfRange)) }
+            guard offset + UInt64(length) <= UInt64(s.bytes.count) else {
+                return .failure(BlockDeviceError(.outOfRange))
+            }
             return .success(Array(s.bytes[Int(offset)..<(Int(offset) + length)]))
         }
         return ByteBuffer(bytes: try result.get())

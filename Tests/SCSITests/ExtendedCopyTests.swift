@@ -39,7 +39,9 @@ private func cscd(
 }
 
 /// A block→block segment descriptor (02h).
-private func b2b(source: Int = 0, destination: Int = 1, blocks: Int, sourceLBA: UInt64, destinationLBA: UInt64, type: UInt8 = 0x02)
+private func b2b(
+    source: Int = 0, destination: Int = 1, blocks: Int, sourceLBA: UInt64, destinationLBA: UInt64, type: UInt8 = 0x02
+)
     -> [UInt8]
 {
     var d = [UInt8](repeating: 0, count: 28)
@@ -142,7 +144,8 @@ struct ExtendedCopyTests {
 
         // libiscsi ExtendedCopy.Simple: one CSCD as both source and destination, list ID usage 11b.
         let same = parameterList(
-            usage: 3, cscds: [cscd(naaSource)], segments: [b2b(source: 0, destination: 0, blocks: 2048, sourceLBA: 100, destinationLBA: 8192 - 2048)])
+            usage: 3, cscds: [cscd(naaSource)],
+            segments: [b2b(source: 0, destination: 0, blocks: 2048, sourceLBA: 100, destinationLBA: 8192 - 2048)])
         #expect(await f.run(same).status == .good)
         #expect(f.source.contents(lba: 8192 - 2048, count: 2048).allSatisfy { $0 == 0xA5 })
     }
@@ -180,9 +183,14 @@ struct ExtendedCopyTests {
     func heldResultsScope() async {
         let f = CopyFixture()
         let segments = [b2b(blocks: 1, sourceLBA: 0, destinationLBA: 0)]
-        #expect(await f.run(parameterList(listID: 3, usage: 2, cscds: [cscd(naaSource), cscd(naaDestination)], segments: segments)).status == .good)
+        #expect(
+            await f.run(
+                parameterList(listID: 3, usage: 2, cscds: [cscd(naaSource), cscd(naaDestination)], segments: segments)
+            ).status == .good)
         #expect(f.results(0x00, listID: 3).0.status == .checkCondition)
-        #expect(await f.run(parameterList(listID: 4, cscds: [cscd(naaSource), cscd(naaDestination)], segments: segments)).status == .good)
+        #expect(
+            await f.run(parameterList(listID: 4, cscds: [cscd(naaSource), cscd(naaDestination)], segments: segments))
+                .status == .good)
         #expect(f.results(0x00, listID: 4, nexus: otherNexus).0.status == .checkCondition)
         f.engine.nexusReleased(copyNexus)
         #expect(f.results(0x00, listID: 4).0.status == .checkCondition)
@@ -220,7 +228,9 @@ struct ExtendedCopyTests {
     @Test("parameter list length: zero is GOOD, truncated descriptors are PARAMETER LIST LENGTH ERROR")
     func parameterListLength() async {
         let f = CopyFixture()
-        let list = parameterList(cscds: [cscd(naaSource)], segments: [b2b(source: 0, destination: 0, blocks: 1, sourceLBA: 0, destinationLBA: 1)])
+        let list = parameterList(
+            cscds: [cscd(naaSource)],
+            segments: [b2b(source: 0, destination: 0, blocks: 1, sourceLBA: 0, destinationLBA: 1)])
         #expect(await f.run([], length: 0).status == .good)
         for length in [16 + 32 - 1, 16 + 32 + 28 - 1, 8] {
             let r = await f.run(Array(list.prefix(length)), length: length)
@@ -244,7 +254,8 @@ struct ExtendedCopyTests {
         let maxSegments = be16(op, 10)
         #expect(maxCSCD >= 2 && maxSegments >= 1)
         let segment = b2b(source: 0, destination: 0, blocks: 1, sourceLBA: 0, destinationLBA: 1)
-        let tooManyTargets = parameterList(cscds: Array(repeating: cscd(naaSource), count: maxCSCD + 1), segments: [segment])
+        let tooManyTargets = parameterList(
+            cscds: Array(repeating: cscd(naaSource), count: maxCSCD + 1), segments: [segment])
         #expect(await f.run(tooManyTargets).sense == SenseData(key: .illegalRequest, asc: 0x26, ascq: 0x06))
         let tooManySegments = parameterList(
             listID: 2, cscds: [cscd(naaSource)], segments: Array(repeating: segment, count: maxSegments + 1))
@@ -259,7 +270,9 @@ struct ExtendedCopyTests {
     @Test("unsupported descriptor types get their own sense codes (libiscsi DescrType)")
     func descriptorTypes() async {
         let f = CopyFixture()
-        let fc = parameterList(cscds: [cscd(naaSource, type: 0xE0)], segments: [b2b(source: 0, destination: 0, blocks: 1, sourceLBA: 0, destinationLBA: 1)])
+        let fc = parameterList(
+            cscds: [cscd(naaSource, type: 0xE0)],
+            segments: [b2b(source: 0, destination: 0, blocks: 1, sourceLBA: 0, destinationLBA: 1)])
         #expect(await f.run(fc).sense == SenseData(key: .illegalRequest, asc: 0x26, ascq: 0x07))
         var streamToStream = [UInt8](repeating: 0, count: 20)
         streamToStream[0] = 0x03
@@ -288,14 +301,21 @@ struct ExtendedCopyTests {
     @Test("segment checks: CSCD index, capacity, read-only destination (libiscsi ValidSegDescr)")
     func segmentValidation() async {
         let f = CopyFixture()
-        let index = await f.run(parameterList(cscds: [cscd(naaSource)], segments: [b2b(source: 0, destination: 1, blocks: 1, sourceLBA: 0, destinationLBA: 0)]))
+        let index = await f.run(
+            parameterList(
+                cscds: [cscd(naaSource)],
+                segments: [b2b(source: 0, destination: 1, blocks: 1, sourceLBA: 0, destinationLBA: 0)]))
         #expect(index.sense == SenseData(key: .copyAborted, asc: 0x0D, ascq: 0x02))
         let beyond = await f.run(
-            parameterList(cscds: [cscd(naaSource)], segments: [b2b(source: 0, destination: 0, blocks: 2048, sourceLBA: 0, destinationLBA: 8191)]))
+            parameterList(
+                cscds: [cscd(naaSource)],
+                segments: [b2b(source: 0, destination: 0, blocks: 2048, sourceLBA: 0, destinationLBA: 8191)]))
         #expect(beyond.sense?.key == .copyAborted)
         #expect(f.source.callCounts.writes == 0)
         let readOnly = await f.run(
-            parameterList(cscds: [cscd(naaSource), cscd(naaReadOnly)], segments: [b2b(blocks: 1, sourceLBA: 0, destinationLBA: 0)]))
+            parameterList(
+                cscds: [cscd(naaSource), cscd(naaReadOnly)], segments: [b2b(blocks: 1, sourceLBA: 0, destinationLBA: 0)]
+            ))
         #expect(readOnly.sense == SenseData(key: .copyAborted, asc: 0x27, ascq: 0x00))
         // Nothing was copied by any failed command.
         #expect(f.source.callCounts.reads == 0)
@@ -346,9 +366,13 @@ struct ExtendedCopyTests {
         let engine = ExtendedCopyEngine()
         let slow = GateDevice(blockCount: 64)
         let resolver: CopyTargetResolver = { _ in CopyTargetDevice(device: slow, readOnly: false) }
-        let list = parameterList(listID: 5, cscds: [cscd(naaSource)], segments: [b2b(source: 0, destination: 0, blocks: 1, sourceLBA: 0, destinationLBA: 1)])
+        let list = parameterList(
+            listID: 5, cscds: [cscd(naaSource)],
+            segments: [b2b(source: 0, destination: 0, blocks: 1, sourceLBA: 0, destinationLBA: 1)])
         let first = Task {
-            await engine.extendedCopy(cdb: xcopyCDB(length: list.count), parameters: ByteBuffer(bytes: list), nexus: copyNexus, resolve: resolver)
+            await engine.extendedCopy(
+                cdb: xcopyCDB(length: list.count), parameters: ByteBuffer(bytes: list), nexus: copyNexus,
+                resolve: resolver)
         }
         await slow.waitUntilReadStarted()
         let second = await engine.extendedCopy(
@@ -365,7 +389,8 @@ struct ExtendedCopyTests {
             cdb: xcopyCDB(length: list.count), parameters: ByteBuffer(bytes: list), nexus: copyNexus, resolve: resolver)
         #expect(again.status == .good)
         let other = await engine.extendedCopy(
-            cdb: xcopyCDB(length: list.count), parameters: ByteBuffer(bytes: list), nexus: otherNexus, resolve: resolver)
+            cdb: xcopyCDB(length: list.count), parameters: ByteBuffer(bytes: list), nexus: otherNexus, resolve: resolver
+        )
         #expect(other.status == .good)
     }
 }

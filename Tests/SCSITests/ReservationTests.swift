@@ -60,7 +60,9 @@ private struct PR {
         return manager.persistentReserveOut(cdb: cdb, parameters: ByteBuffer(bytes: params), nexus: n)
     }
 
-    func status(_ action: UInt8, from n: ITNexus, key: UInt64 = 0, sark: UInt64 = 0, type: PRKind? = nil, flags: UInt8 = 0)
+    func status(
+        _ action: UInt8, from n: ITNexus, key: UInt64 = 0, sark: UInt64 = 0, type: PRKind? = nil, flags: UInt8 = 0
+    )
         -> SCSIStatus
     {
         out(action, from: n, key: key, sark: sark, type: type, flags: flags).0.status
@@ -196,11 +198,13 @@ struct ReservationTests {
         pr.register(a, 0xAA)
         #expect(pr.status(1, from: a, key: 0xAB, type: .we) == .reservationConflict)
         let badType = pr.manager.persistentReserveOut(
-            cdb: [0x5F, 1, 0x02, 0, 0, 0, 0, 0, 24, 0], parameters: ByteBuffer(bytes: be64(0xAA) + [UInt8](repeating: 0, count: 16)),
+            cdb: [0x5F, 1, 0x02, 0, 0, 0, 0, 0, 24, 0],
+            parameters: ByteBuffer(bytes: be64(0xAA) + [UInt8](repeating: 0, count: 16)),
             nexus: a)
         #expect(badType.0.sense?.asc == 0x24)
         let badScope = pr.manager.persistentReserveOut(
-            cdb: [0x5F, 1, 0x21, 0, 0, 0, 0, 0, 24, 0], parameters: ByteBuffer(bytes: be64(0xAA) + [UInt8](repeating: 0, count: 16)),
+            cdb: [0x5F, 1, 0x21, 0, 0, 0, 0, 0, 24, 0],
+            parameters: ByteBuffer(bytes: be64(0xAA) + [UInt8](repeating: 0, count: 16)),
             nexus: a)
         #expect(badScope.0.sense?.asc == 0x24)
         // Another registrant cannot take a reservation that is held.
@@ -250,7 +254,9 @@ struct ReservationTests {
         #expect(pr.manager.conflicts(cdb: read10, nexus: b) == !expected[2])
         #expect(pr.manager.conflicts(cdb: write10, nexus: b) == !expected[3])
         // Commands SPC-4 allows under every reservation.
-        for cdb in [inquiry, testUnitReady, [0xA0, 0, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0], [0x5E, 0, 0, 0, 0, 0, 0, 0, 8, 0]] {
+        for cdb in [
+            inquiry, testUnitReady, [0xA0, 0, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0], [0x5E, 0, 0, 0, 0, 0, 0, 0, 8, 0],
+        ] {
             #expect(!pr.manager.conflicts(cdb: cdb, nexus: b))
         }
         // MODE SENSE conflicts like a write (SPC-4 table 66).
@@ -276,7 +282,9 @@ struct ReservationTests {
 
     @Test("ownership: the holder unregistering releases WE/EA/RO; AR reservations stay with the other registrants")
     func ownership() throws {
-        for (kind, shared) in [(PRKind.ea, false), (.we, false), (.earo, false), (.wero, false), (.eaar, true), (.wear, true)] {
+        for (kind, shared) in [
+            (PRKind.ea, false), (.we, false), (.earo, false), (.wero, false), (.eaar, true), (.wear, true),
+        ] {
             let pr = try PR()
             pr.register(a, 1)
             pr.register(b, 2)
@@ -292,13 +300,17 @@ struct ReservationTests {
                 // RO reservations released this way tell the other registrants (SPC-4 §5.9.11.3).
                 let expectUA = kind == .earo || kind == .wero
                 #expect(attentions.map(\.nexus) == (expectUA ? [b] : []))
-                if expectUA { #expect(attentions.first?.sense == SenseData(key: .unitAttention, asc: 0x2A, ascq: 0x04)) }
+                if expectUA {
+                    #expect(attentions.first?.sense == SenseData(key: .unitAttention, asc: 0x2A, ascq: 0x04))
+                }
             }
             #expect(pr.reservation() == nil)
         }
     }
 
-    @Test("RELEASE: non-holders get GOOD with no effect, a wrong type is INVALID RELEASE, RO/AR release tells registrants")
+    @Test(
+        "RELEASE: non-holders get GOOD with no effect, a wrong type is INVALID RELEASE, RO/AR release tells registrants"
+    )
     func release() throws {
         let pr = try PR()
         pr.register(a, 1)
@@ -392,7 +404,8 @@ struct ReservationTests {
         let nameOnly = ISCSITransportID(initiatorName: "iqn.1994-05.com.redhat:gamma", isid: nil).bytes
         let ids = withISID + nameOnly
         let length = UInt32(ids.count)
-        let extra = [UInt8(length >> 24), UInt8((length >> 16) & 0xFF), UInt8((length >> 8) & 0xFF), UInt8(length & 0xFF)] + ids
+        let extra =
+            [UInt8(length >> 24), UInt8((length >> 16) & 0xFF), UInt8((length >> 8) & 0xFF), UInt8(length & 0xFF)] + ids
         #expect(pr.out(0, from: a, sark: 0x55, flags: 0x08, extra: extra).0.status == .good)
         #expect(pr.keys() == [0x55, 0x55, 0x55])
         #expect(!pr.manager.conflicts(cdb: write10, nexus: nexus("iqn.1994-05.com.redhat:gamma", isid: 42)))
@@ -451,7 +464,9 @@ struct ReservationTests {
         let id = ISCSITransportID(initiatorName: initiatorB, isid: b.isid).bytes
         let length = UInt32(id.count)
         var params = be64(1) + be64(0xB0) + [0, 0x02, 0, 1]
-        params += [UInt8(length >> 24), UInt8((length >> 16) & 0xFF), UInt8((length >> 8) & 0xFF), UInt8(length & 0xFF)]
+        params += [
+            UInt8(length >> 24), UInt8((length >> 16) & 0xFF), UInt8((length >> 8) & 0xFF), UInt8(length & 0xFF),
+        ]
         params += id
         let cdb: [UInt8] = [0x5F, 7, 0x01, 0, 0, 0, 0, 0, UInt8(params.count), 0]
         let (result, _) = pr.manager.persistentReserveOut(cdb: cdb, parameters: ByteBuffer(bytes: params), nexus: a)

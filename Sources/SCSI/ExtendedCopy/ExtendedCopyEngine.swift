@@ -149,7 +149,8 @@ final class ExtendedCopyEngine: Sendable {
         // Service action 00h is EXTENDED COPY(LID1); LID4 (01h) is not implemented.
         guard cdb[1] & 0x1F == 0x00 else { return .checkCondition(CopySense.invalidFieldInCDB(byte: 1)) }
         let listLength = CopySense.be32(cdb, 10)
-        var result = await runExtendedCopy(listLength: listLength, parameters: parameters, nexus: nexus, resolve: resolve)
+        var result = await runExtendedCopy(
+            listLength: listLength, parameters: parameters, nexus: nexus, resolve: resolve)
         result.dataOutLength = listLength
         return result
     }
@@ -161,7 +162,9 @@ final class ExtendedCopyEngine: Sendable {
         if listLength == 0 { return .good }
         let available = min(parameters.readableBytes, listLength)
         let p = parameters.getBytes(at: parameters.readerIndex, length: available) ?? []
-        guard p.count == listLength, listLength >= 16 else { return .checkCondition(CopySense.parameterListLengthError) }
+        guard p.count == listLength, listLength >= 16 else {
+            return .checkCondition(CopySense.parameterListLengthError)
+        }
 
         // Parameter list header (SPC-4 §6.4.3, table 107).
         let listID = p[0]
@@ -193,7 +196,9 @@ final class ExtendedCopyEngine: Sendable {
         let key = ListKey(initiatorPort: nexus.initiatorPortName, targetPort: nexus.targetPortName, listID: listID)
         let tracked = listIDUsage != 0x03
         let admitted: SenseData? = state.withLock { state in
-            if tracked, let existing = state.lists[key], existing.status == .inProgress { return CopySense.operationInProgress }
+            if tracked, let existing = state.lists[key], existing.status == .inProgress {
+                return CopySense.operationInProgress
+            }
             guard state.running < Self.maximumConcurrentCopies else {
                 return SenseData(key: .illegalRequest, asc: 0x55, ascq: 0x03)  // INSUFFICIENT RESOURCES
             }
@@ -241,7 +246,9 @@ final class ExtendedCopyEngine: Sendable {
     private static func trimHeldLists(_ state: inout State) {
         let finished = state.lists.filter { $0.value.status != .inProgress }
         guard finished.count > heldListLimit else { return }
-        for (key, _) in finished.sorted(by: { $0.value.sequence < $1.value.sequence }).prefix(finished.count - heldListLimit) {
+        for (key, _) in finished.sorted(by: { $0.value.sequence < $1.value.sequence }).prefix(
+            finished.count - heldListLimit)
+        {
             state.lists[key] = nil
         }
     }
@@ -258,7 +265,9 @@ final class ExtendedCopyEngine: Sendable {
             offsets.append(offset)
             offset += Self.cscdDescriptorLength(p[offset])
         }
-        guard offsets.count <= Self.maximumCSCDDescriptorCount else { return .failure(CopyFailure(CopySense.tooManyTargetDescriptors)) }
+        guard offsets.count <= Self.maximumCSCDDescriptorCount else {
+            return .failure(CopyFailure(CopySense.tooManyTargetDescriptors))
+        }
         guard offset == start + length else { return .failure(CopyFailure(CopySense.parameterListLengthError)) }
 
         var targets: [CopyTarget] = []
@@ -267,7 +276,9 @@ final class ExtendedCopyEngine: Sendable {
                 return .failure(CopyFailure(CopySense.unsupportedTargetDescriptorType))
             }
             // LU ID TYPE 00b (LUN) only; 01b (proxy token) and the reserved values are refused.
-            guard p[at + 1] >> 6 == 0 else { return .failure(CopyFailure(CopySense.invalidFieldInParameterList(byte: at + 1))) }
+            guard p[at + 1] >> 6 == 0 else {
+                return .failure(CopyFailure(CopySense.invalidFieldInParameterList(byte: at + 1)))
+            }
             // NUL: a null device cannot source or sink block data.
             guard p[at + 1] & 0x20 == 0 else { return .failure(CopyFailure(CopySense.targetNotReachable)) }
             // PERIPHERAL DEVICE TYPE 00h: direct-access block device.
@@ -391,21 +402,27 @@ final class ExtendedCopyEngine: Sendable {
         let bytes: [UInt8]
         switch cdb[1] & 0x1F {
         case 0x00:
-            guard let record = state.withLock({ state -> CopyRecord? in
-                guard let record = state.lists[key], record.holdResults else { return nil }
-                // Status of a finished copy is reported once; a failure stays for FAILED SEGMENT DETAILS.
-                if record.status == .completed { state.lists[key] = nil }
-                return record
-            }) else { return .checkCondition(CopySense.invalidFieldInCDB(byte: 2)) }
+            guard
+                let record = state.withLock({ state -> CopyRecord? in
+                    guard let record = state.lists[key], record.holdResults else { return nil }
+                    // Status of a finished copy is reported once; a failure stays for FAILED SEGMENT DETAILS.
+                    if record.status == .completed { state.lists[key] = nil }
+                    return record
+                })
+            else { return .checkCondition(CopySense.invalidFieldInCDB(byte: 2)) }
             bytes = Self.copyStatus(record)
         case 0x03:
             bytes = Self.operatingParameters()
         case 0x04:
-            guard let record = state.withLock({ state -> CopyRecord? in
-                guard let record = state.lists[key], record.holdResults, record.status != .inProgress else { return nil }
-                state.lists[key] = nil
-                return record
-            }) else { return .checkCondition(CopySense.invalidFieldInCDB(byte: 2)) }
+            guard
+                let record = state.withLock({ state -> CopyRecord? in
+                    guard let record = state.lists[key], record.holdResults, record.status != .inProgress else {
+                        return nil
+                    }
+                    state.lists[key] = nil
+                    return record
+                })
+            else { return .checkCondition(CopySense.invalidFieldInCDB(byte: 2)) }
             bytes = Self.failedSegmentDetails(record)
         default:
             return .checkCondition(CopySense.invalidFieldInCDB(byte: 1))

@@ -52,7 +52,8 @@ enum ReservationAccessClass: Sendable, Equatable {
         case 0xA3:  // MAINTENANCE IN
             guard cdb.count > 1 else { return .write }
             switch cdb[1] & 0x1F {
-            case 0x05, 0x0A, 0x0B, 0x0E: return .allowed  // REPORT IDENTIFYING INFO, TARGET PORT GROUPS, ALIASES, PRIORITY
+            // REPORT IDENTIFYING INFORMATION, TARGET PORT GROUPS, ALIASES, PRIORITY.
+            case 0x05, 0x0A, 0x0B, 0x0E: return .allowed
             default: return .write  // REPORT SUPPORTED OPCODES / TMFs, REPORT TIMESTAMP
             }
         case 0xAB:  // SERVICE ACTION IN (12): READ MEDIA SERIAL NUMBER

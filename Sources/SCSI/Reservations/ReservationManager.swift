@@ -250,7 +250,8 @@ final class ReservationManager: Sendable {
                 descriptors.append(0)
             }
             descriptors += [0, 0, 0, 0]
-            ReservationBytes.append16(registrant.targetPortName == nil ? 0 : registrant.relativeTargetPortID, to: &descriptors)
+            ReservationBytes.append16(
+                registrant.targetPortName == nil ? 0 : registrant.relativeTargetPortID, to: &descriptors)
             let transportID = ISCSITransportID(initiatorName: registrant.initiatorName, isid: registrant.isid).bytes
             ReservationBytes.append32(UInt32(transportID.count), to: &descriptors)
             descriptors += transportID
@@ -282,7 +283,8 @@ final class ReservationManager: Sendable {
     ) {
         guard cdb.count >= 10 else { return (.checkCondition(ReservationSense.invalidFieldInCDB(byte: 0)), []) }
         let listLength = Int(ReservationBytes.be32(cdb, 5))
-        var (result, attentions) = persistentReserveOutChecked(cdb: cdb, listLength: listLength, parameters: parameters, nexus: nexus)
+        var (result, attentions) = persistentReserveOutChecked(
+            cdb: cdb, listLength: listLength, parameters: parameters, nexus: nexus)
         result.dataOutLength = listLength
         return (result, attentions)
     }
@@ -295,7 +297,8 @@ final class ReservationManager: Sendable {
         }
         let scope = cdb[2] >> 4
         let typeCode = cdb[2] & 0x0F
-        let bytes = parameters.getBytes(at: parameters.readerIndex, length: min(parameters.readableBytes, listLength)) ?? []
+        let bytes =
+            parameters.getBytes(at: parameters.readerIndex, length: min(parameters.readableBytes, listLength)) ?? []
         guard bytes.count == listLength, listLength >= 24 else {
             return (.checkCondition(ReservationSense.parameterListLengthError), [])
         }
@@ -326,14 +329,16 @@ final class ReservationManager: Sendable {
             return (.checkCondition(ReservationSense.parameterListLengthError), [])
         }
         let p = OutParameters(
-            reservationKey: ReservationBytes.be64(bytes, 0), serviceActionReservationKey: ReservationBytes.be64(bytes, 8),
+            reservationKey: ReservationBytes.be64(bytes, 0),
+            serviceActionReservationKey: ReservationBytes.be64(bytes, 8),
             specifyInitiatorPorts: specifyInitiatorPorts, allTargetPorts: bytes[20] & 0x04 != 0,
             activatePersistThroughPowerLoss: bytes[20] & 0x01 != 0, transportIDs: transportIDs)
 
         return mutate(nexus: nexus) { pr, known in
             switch action {
             case .register, .registerAndIgnoreExistingKey:
-                return Self.register(&pr, p, ignoreExistingKey: action == .registerAndIgnoreExistingKey, nexus: nexus, known: known)
+                return Self.register(
+                    &pr, p, ignoreExistingKey: action == .registerAndIgnoreExistingKey, nexus: nexus, known: known)
             case .reserve:
                 return Self.reserve(&pr, p, scope: scope, typeCode: typeCode, nexus: nexus)
             case .release:
@@ -402,7 +407,9 @@ final class ReservationManager: Sendable {
     ) -> OutResult {
         let sark = p.serviceActionReservationKey
         if let index = pr.registrationIndex(for: nexus) {
-            if !ignoreExistingKey && p.reservationKey != pr.registrations[index].key { return (.reservationConflict, []) }
+            if !ignoreExistingKey && p.reservationKey != pr.registrations[index].key {
+                return (.reservationConflict, [])
+            }
             if p.specifyInitiatorPorts { return (.checkCondition(ReservationSense.invalidFieldInParameterList), []) }
             pr.activatePersistThroughPowerLoss = p.activatePersistThroughPowerLoss
             pr.bumpGeneration()
@@ -470,7 +477,8 @@ final class ReservationManager: Sendable {
         }
         if let existing = pr.reservation {
             // The holder may repeat its own reservation; anything else conflicts.
-            return (pr.isHolder(nexus) && existing.type == type && existing.scope == scope) ? (.good, []) : (.reservationConflict, [])
+            return (pr.isHolder(nexus) && existing.type == type && existing.scope == scope)
+                ? (.good, []) : (.reservationConflict, [])
         }
         pr.reservation = PersistentReservation(
             holder: type.isAllRegistrants ? nil : pr.registrations[index].registrant, type: type, scope: scope)
@@ -539,7 +547,9 @@ final class ReservationManager: Sendable {
             guard sark != 0 else { return (.checkCondition(ReservationSense.invalidFieldInParameterList), []) }
             guard let removed = removeRegistrations(keyed: sark) else { return (.reservationConflict, []) }
             pr.bumpGeneration()
-            return (.good, attentions(ReservationSense.registrationsPreempted, for: removed, known: known, excluding: nexus))
+            return (
+                .good, attentions(ReservationSense.registrationsPreempted, for: removed, known: known, excluding: nexus)
+            )
         }
         let holderKey = reservation.holder.flatMap { h in pr.registrations.first { $0.registrant == h }?.key }
         let preemptsReservation = reservation.type.isAllRegistrants ? sark == 0 : sark == holderKey
@@ -549,7 +559,9 @@ final class ReservationManager: Sendable {
             guard let removed = removeRegistrations(keyed: sark) else { return (.reservationConflict, []) }
             pr.bumpGeneration()
             if reservation.type.isAllRegistrants && pr.registrations.isEmpty { pr.reservation = nil }
-            return (.good, attentions(ReservationSense.registrationsPreempted, for: removed, known: known, excluding: nexus))
+            return (
+                .good, attentions(ReservationSense.registrationsPreempted, for: removed, known: known, excluding: nexus)
+            )
         }
         guard scope == 0, let type else { return (.checkCondition(ReservationSense.invalidFieldInCDB(byte: 2)), []) }
         // Preempt the reservation: remove the preempted registrations, then reserve for the preempting nexus.
@@ -587,9 +599,10 @@ final class ReservationManager: Sendable {
                 return (.checkCondition(ReservationSense.invalidFieldInParameterList), [])
             }
             // The destination sees the LU through the target port RELATIVE TARGET PORT IDENTIFIER names.
-            let targetName = nexus.targetPortName.range(of: ",t,0x", options: .backwards).map {
-                String(nexus.targetPortName[..<$0.lowerBound])
-            } ?? nexus.targetPortName
+            let targetName =
+                nexus.targetPortName.range(of: ",t,0x", options: .backwards).map {
+                    String(nexus.targetPortName[..<$0.lowerBound])
+                } ?? nexus.targetPortName
             let destination = RegistrantID(
                 initiatorName: transportID.initiatorName, isid: transportID.isid,
                 targetPortName: targetName + ",t,0x" + String(relativeTargetPortID, radix: 16),
@@ -606,7 +619,8 @@ final class ReservationManager: Sendable {
                 }
                 pr.registrations.append(PersistentRegistration(registrant: destination, key: sark))
             }
-            pr.reservation = PersistentReservation(holder: destination, type: reservation.type, scope: reservation.scope)
+            pr.reservation = PersistentReservation(
+                holder: destination, type: reservation.type, scope: reservation.scope)
             if unregisterSource { pr.registrations.removeAll { $0.registrant == source } }
             pr.activatePersistThroughPowerLoss = aptpl
             pr.bumpGeneration()
