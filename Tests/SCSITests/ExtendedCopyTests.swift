@@ -150,6 +150,18 @@ struct ExtendedCopyTests {
         #expect(f.source.contents(lba: 8192 - 2048, count: 2048).allSatisfy { $0 == 0xA5 })
     }
 
+    @Test("an overlapping copy within one device behaves like memmove")
+    func overlappingCopy() async {
+        let f = CopyFixture()
+        for lba in 0..<3000 { f.source.fill(lba: UInt64(lba), count: 1, with: UInt8(truncatingIfNeeded: lba / 7)) }
+        let original = f.source.contents(lba: 0, count: 3000)
+        let list = parameterList(
+            usage: 3, cscds: [cscd(naaSource)],
+            segments: [b2b(source: 0, destination: 0, blocks: 3000, sourceLBA: 0, destinationLBA: 100)])
+        #expect(await f.run(list).status == .good)
+        #expect(f.source.contents(lba: 100, count: 3000) == original)
+    }
+
     @Test("several segments run in order and COPY STATUS reports them")
     func multipleSegmentsAndCopyStatus() async {
         let f = CopyFixture()

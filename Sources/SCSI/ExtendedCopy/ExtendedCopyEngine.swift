@@ -373,15 +373,21 @@ final class ExtendedCopyEngine: Sendable {
     private func copy(_ segment: Segment, targets: [CopyTarget], transferred: inout UInt64) async -> SenseData? {
         let source = targets[segment.source].device
         let destination = targets[segment.destination].device
+        // On one device with the destination inside the source range, copy from the
+        // end, so no chunk is read after it has been overwritten (memmove semantics).
+        let backwards =
+            source === destination && segment.destinationOffset > segment.sourceOffset
+            && segment.destinationOffset < segment.sourceOffset + UInt64(segment.length)
         var done = 0
         while done < segment.length {
             let length = min(Self.chunkLength, segment.length - done)
+            let position = UInt64(backwards ? segment.length - done - length : done)
             do {
-                let data = try await source.read(offset: segment.sourceOffset + UInt64(done), length: length)
+                let data = try await source.read(offset: segment.sourceOffset + position, length: length)
                 guard data.readableBytes == length else {
                     return SenseData(key: .copyAborted, asc: 0x11, ascq: 0x00)
                 }
-                try await destination.write(offset: segment.destinationOffset + UInt64(done), data: data, fua: false)
+                try await destination.write(offset: segment.destinationOffset + position, data: data, fua: false)
             } catch {
                 return CopySense.copyAborted(error)
             }
