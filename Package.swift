@@ -112,6 +112,7 @@ let package = Package(
             name: "BlockDeviceTests",
             dependencies: ["BlockDevice", .product(name: "NIOCore", package: "swift-nio")]
         ),
+        .testTarget(name: "SQLiteStoreTests", dependencies: ["SQLiteStore"]),
         .testTarget(
             name: "SCSITests",
             dependencies: ["SCSI", "BlockDevice", .product(name: "NIOCore", package: "swift-nio")]
