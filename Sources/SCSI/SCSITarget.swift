@@ -229,6 +229,7 @@ public final class SCSITarget: Sendable {
             unit.dropUnitAttentions(for: nexus)
             unit.reservations.nexusReleased(nexus)
         }
+        copyEngine.nexusReleased(nexus)
     }
 
     // MARK: - Reconfiguration

@@ -236,11 +236,14 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
             let nexus = ITNexus(
                 initiatorName: p.initiatorName, isid: p.isid, targetName: name, portalGroupTag: server.portalGroupTag)
             self.nexus = nexus
-            runtime.scsi.nexusEstablished(nexus)
             let key = SessionRegistry.Key(initiatorName: p.initiatorName, isid: p.isid, targetName: name)
             sessionKey = key
             let channel = context?.channel
-            server.registry.register(key, tsih: p.tsih) { channel?.close(promise: nil) }
+            if server.registry.register(key, tsih: p.tsih, close: { channel?.close(promise: nil) }) {
+                // Session reinstatement (RFC 7143 §6.3.5): the old session's I_T nexus is lost first.
+                runtime.scsi.nexusReleased(nexus)
+            }
+            runtime.scsi.nexusEstablished(nexus)
             server.metrics.sessions.record(server.registry.count)
             logger.info("session \(p.tsih) logged in to \(name)")
         } else {
@@ -252,12 +255,9 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
 
     private func endSession() {
         for task in tasks.values { task.aborted = true }
-        if let key = sessionKey, let p = parameters {
-            server.registry.unregister(key, tsih: p.tsih)
+        if let key = sessionKey, let p = parameters, server.registry.unregister(key, tsih: p.tsih) {
             server.metrics.sessions.record(server.registry.count)
-        }
-        if let nexus, let target {
-            target.scsi.nexusReleased(nexus)
+            if let nexus, let target { target.scsi.nexusReleased(nexus) }
         }
         sessionKey = nil
         nexus = nil

@@ -37,20 +37,27 @@ final class SessionRegistry: Sendable {
     }
 
     /// Registers a new session; an older session with the same key is
-    /// reinstated away: its connection is closed (RFC 7143 §6.3.5).
-    func register(_ key: Key, tsih: UInt16, close: @escaping @Sendable () -> Void) {
+    /// reinstated away: its connection is closed (RFC 7143 §6.3.5). Returns
+    /// whether that happened, so the caller ends the old I_T nexus first.
+    @discardableResult
+    func register(_ key: Key, tsih: UInt16, close: @escaping @Sendable () -> Void) -> Bool {
         let previous = state.withLock { s in
             let old = s.sessions[key]
             s.sessions[key] = Entry(tsih: tsih, close: close)
             return old
         }
         previous?.close()
+        return previous != nil
     }
 
-    /// Forgets a session if it is still the registered one.
-    func unregister(_ key: Key, tsih: UInt16) {
+    /// Forgets a session if it is still the registered one; false when a
+    /// newer session has reinstated it (the nexus then belongs to that one).
+    @discardableResult
+    func unregister(_ key: Key, tsih: UInt16) -> Bool {
         state.withLock { s in
-            if s.sessions[key]?.tsih == tsih { s.sessions[key] = nil }
+            guard s.sessions[key]?.tsih == tsih else { return false }
+            s.sessions[key] = nil
+            return true
         }
     }
 
