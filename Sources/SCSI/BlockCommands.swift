@@ -88,7 +88,11 @@ extension LogicalUnit {
         if blocks > UInt64(limits.maximumCompareAndWriteLength) { throw .invalidFieldInCDB(byte: 13) }
         try checkRange(lba: lba, blocks: blocks)
         let length = Int(blocks) * blockSize
-        let data = try dataOut(command, length: 2 * length)
+        // A Data-Out that is not exactly the verify and write instances is an
+        // invalid NUMBER OF LOGICAL BLOCKS, as LIO answers it (libiscsi CompareAndWrite.Simple).
+        guard Int(command.expectedDataTransferLength) == 2 * length, command.dataOut.readableBytes >= 2 * length,
+            let data = command.dataOut.getSlice(at: command.dataOut.readerIndex, length: 2 * length)
+        else { throw .invalidFieldInCDB(byte: 13) }
         if blocks == 0 { return .good }
         let verifyData = data.getSlice(at: data.readerIndex, length: length) ?? ByteBuffer()
         let writeData = data.getSlice(at: data.readerIndex + length, length: length) ?? ByteBuffer()
@@ -297,6 +301,9 @@ extension LogicalUnit {
         var data = [UInt8](repeating: 0, count: 32)
         data.put(blockCount == 0 ? 0 : blockCount - 1, at: 0, width: 8)
         data.put(UInt32(blockSize), at: 8, width: 4)
+        // LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT: images live on 4 KiB pages and
+        // sectors, so initiators that align to it avoid read-modify-write under O_DIRECT.
+        data[13] = UInt8(physicalBlockExponent)
         if supportsUnmap { data[14] = 0x80 | 0x40 }  // LBPME, LBPRZ
         return dataIn(data, allocationLength: allocation)
     }

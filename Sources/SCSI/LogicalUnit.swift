@@ -76,7 +76,7 @@ final class LogicalUnit: Sendable {
         self.writeCacheEnabled = Atomic(defaults.writeCacheEnabled)
         self.limits = BlockLimits(
             blockSize: configuration.device.blockSize,
-            supportsUnmap: configuration.device.supportsUnmap && !hardWriteProtect)
+            supportsUnmap: configuration.device.supportsUnmap || hardWriteProtect)
     }
 
     /// Number of logical blocks.
@@ -86,7 +86,14 @@ final class LogicalUnit: Sendable {
     var isWriteProtected: Bool { hardWriteProtect || softwareWriteProtect.load(ordering: .relaxed) }
 
     /// Whether UNMAP and WRITE SAME with UNMAP deallocate (logical block provisioning, SBC-4 §4.7).
-    var supportsUnmap: Bool { device.supportsUnmap && !hardWriteProtect }
+    /// Logical block provisioning is reported when the device can deallocate,
+    /// and on write-protected LUs, which then refuse UNMAP with WRITE PROTECTED
+    /// like every other medium-modifying command (libiscsi ReadOnly).
+    var supportsUnmap: Bool { device.supportsUnmap || hardWriteProtect }
+
+    /// log2(logical blocks per 4 KiB physical block), 0 for blocks of 4 KiB or more.
+    var physicalBlockExponent: Int { blockSize >= 4096 ? 0 : (4096 / blockSize).trailingZeroBitCount }
+
 
     /// The 8 bytes of the NAA designator in VPD 83h (naaIdentifier, big-endian).
     var naaDesignator: [UInt8] {

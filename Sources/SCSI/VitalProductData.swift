@@ -27,7 +27,8 @@ struct BlockLimits: Sendable {
         optimalGranularity = UInt16(Swift.max(1, 4096 / bs))
         maximumUnmapLBACount = supportsUnmap ? (256 << 20) / bs : 0
         maximumUnmapDescriptors = supportsUnmap ? 256 : 0
-        maximumWriteSameLength = UInt64((64 << 20) / bs)
+        // Not above MAXIMUM TRANSFER LENGTH: libiscsi's WriteSame Unmap tests WRITE the same range first.
+        maximumWriteSameLength = UInt64(maximumTransferLength)
     }
 }
 

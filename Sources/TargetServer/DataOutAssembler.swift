@@ -63,7 +63,8 @@ struct DataOutAssembler: Sendable {
     {
         self.expectedLength = expectedLength
         self.limits = limits
-        data = allocator.buffer(capacity: expectedLength)
+        // Grows as data arrives: an initiator's ExpectedDataTransferLength alone never reserves memory.
+        data = allocator.buffer(capacity: min(expectedLength, max(immediateData.readableBytes, 65536)))
         let immediate = immediateData.readableBytes
         // RFC 7143 §13.14: unsolicited data (immediate included) never exceeds FirstBurstLength.
         guard immediate <= expectedLength else {
@@ -86,6 +87,12 @@ struct DataOutAssembler: Sendable {
 
     /// All the data is in.
     var isComplete: Bool { received >= expectedLength }
+
+    /// Bytes solicited with R2Ts so far.
+    var solicitedBytes: Int { solicitedUpTo - unsolicitedReceived }
+
+    /// Whether the next R2T still has to be sent (so the task waits for budget).
+    var needsR2T: Bool { !unsolicitedOpen && solicitedUpTo < expectedLength && solicitations.count < limits.maxOutstandingR2T }
 
     /// Takes one Data-Out PDU.
     mutating func receive(_ pdu: DataOutPDU) throws(Violation) {
@@ -143,12 +150,16 @@ struct DataOutAssembler: Sendable {
     }
 
     /// The R2Ts to send now: none while unsolicited data may still come, then
-    /// up to MaxOutstandingR2T at a time. `makeTag` hands out Target Transfer Tags.
-    mutating func nextR2Ts(makeTag: () -> UInt32) -> [R2TRequest] {
+    /// up to MaxOutstandingR2T at a time, soliciting at most `budget` bytes
+    /// (the connection's memory bound). `makeTag` hands out Target Transfer Tags.
+    mutating func nextR2Ts(budget: Int = .max, makeTag: () -> UInt32) -> [R2TRequest] {
         guard !unsolicitedOpen else { return [] }
         var out: [R2TRequest] = []
+        var budget = budget
         while solicitations.count < limits.maxOutstandingR2T && solicitedUpTo < expectedLength {
             let length = min(limits.maxBurstLength, expectedLength - solicitedUpTo)
+            guard length <= budget else { break }
+            budget -= length
             let tag = makeTag()
             let request = R2TRequest(r2tSN: nextR2TSN, targetTransferTag: tag, offset: solicitedUpTo, length: length)
             solicitations.append(Solicitation(targetTransferTag: tag, offset: solicitedUpTo, length: length))

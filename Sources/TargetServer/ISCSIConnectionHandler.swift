@@ -49,6 +49,8 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
         /// It took a CmdSN slot (non-immediate), freed when it ends.
         let inWindow: Bool
         var assembler: DataOutAssembler?
+        /// Bytes this task's R2Ts solicited (returned to the connection's budget when it ends).
+        var solicited = 0
         var executing = false
         var aborted = false
         /// Continuations to run when the task ends (a pending TMF waits on it).
@@ -82,6 +84,11 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
     /// Write tasks that failed during their data phase: their remaining
     /// Data-Out PDUs are dropped until the initiator's final one.
     private var drainingTasks: Set<UInt32> = []
+    /// Bytes solicited with R2T for tasks not yet finished, against `solicitedLimit`:
+    /// what bounds the Data-Out a connection can make the target hold.
+    private var solicitedBytes = 0
+    /// Write tasks waiting for room under `solicitedLimit`, oldest first.
+    private var waitingForR2T: [UInt32] = []
     private var nextTargetTransferTag: UInt32 = 1
     private var textNegotiation = TextContinuation()
     private var pendingLogout: (() -> Void)?
@@ -91,6 +98,12 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
     private var lastActivity = NIODeadline.now()
     private var outstandingPing: (tag: UInt32, sent: NIODeadline)?
     private var pingTask: RepeatedTask?
+
+    /// The largest write a command may announce (ExpectedDataTransferLength);
+    /// above VPD B0h MAXIMUM TRANSFER LENGTH of every LU.
+    static let maxWriteTransferLength = 64 << 20
+    /// Solicited Data-Out a connection may have outstanding at once.
+    static let solicitedLimit = 64 << 20
 
     init(server: ServerContext, remote: String) {
         self.server = server
@@ -345,6 +358,13 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
         }
         let task = TaskState(itt: command.initiatorTaskTag, lun: command.lun, command: command, inWindow: inWindow)
         let edtl = Int(command.expectedDataTransferLength)
+        if command.write && edtl > Self.maxWriteTransferLength {
+            // More than any LU accepts in one command (VPD B0h MAXIMUM TRANSFER
+            // LENGTH is smaller): refuse before soliciting or buffering anything.
+            tasks[task.itt] = task
+            failTask(task, sense: SenseData(key: .illegalRequest, asc: 0x0E, ascq: 0x03), drain: !command.final)
+            return
+        }
         if command.write && edtl > 0 {
             guard command.data.readableBytes == 0 || params.immediateData else {
                 if inWindow { window.completed() }
@@ -384,7 +404,14 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
             execute(task, target: target, nexus: nexus, dataOut: assembler.assembled)
             return
         }
-        let requests = assembler.nextR2Ts { self.makeTargetTransferTag() }
+        let budget = solicitedBytes == 0 ? Int.max : max(0, Self.solicitedLimit - solicitedBytes)
+        let requests = assembler.nextR2Ts(budget: budget) { self.makeTargetTransferTag() }
+        let newlySolicited = assembler.solicitedBytes - task.solicited
+        task.solicited = assembler.solicitedBytes
+        solicitedBytes += newlySolicited
+        if requests.isEmpty && assembler.needsR2T && !waitingForR2T.contains(task.itt) {
+            waitingForR2T.append(task.itt)
+        }
         task.assembler = assembler
         for r in requests {
             let r2t = ReadyToTransferPDU(
@@ -428,14 +455,37 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
     /// ERROR; the session goes on.
     private func failDataPhase(_ task: TaskState, _ violation: DataOutAssembler.Violation, drain: Bool) {
         logger.info("write task \(task.itt) failed in its data phase: \(violation.description)")
+        failTask(task, sense: SenseData(key: .abortedCommand, asc: 0x4B, ascq: violation.ascq), drain: drain)
+    }
+
+    /// Ends a task before execution with CHECK CONDITION; with `drain`, Data-Out
+    /// still on its way for it is dropped until the initiator's final one.
+    private func failTask(_ task: TaskState, sense: SenseData, drain: Bool) {
         server.metrics.rejects.increment()
-        tasks[task.itt] = nil
-        if task.inWindow { window.completed() }
+        finish(task)
         if drain { drainingTasks.insert(task.itt) }
         guard let command = task.command, let params = parameters else { return }
-        let sense = SenseData(key: .abortedCommand, asc: 0x4B, ascq: violation.ascq)
         sendResult(.checkCondition(sense), for: command, params: params)
         for end in task.onEnd { end() }
+    }
+
+    /// Forgets a task: frees its CmdSN slot and its share of the R2T budget,
+    /// and lets writes that were waiting for that budget go on.
+    private func finish(_ task: TaskState) {
+        tasks[task.itt] = nil
+        if task.inWindow { window.completed() }
+        if task.solicited > 0 {
+            solicitedBytes -= task.solicited
+            task.solicited = 0
+            waitingForR2T.removeAll { $0 == task.itt }
+            let waiting = waitingForR2T
+            waitingForR2T = []
+            for itt in waiting {
+                // advanceWrite queues the task again if the budget is still short.
+                if let next = tasks[itt], next.assembler != nil { advanceWrite(next) }
+            }
+        }
+        waitingForR2T.removeAll { $0 == task.itt }
     }
 
     // MARK: Execution
@@ -460,8 +510,8 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
     }
 
     private func completed(itt: UInt32, result: SCSIResult) {
-        guard let task = tasks.removeValue(forKey: itt) else { return }
-        if task.inWindow { window.completed() }
+        guard let task = tasks[itt] else { return }
+        finish(task)
         defer { for end in task.onEnd { end() } }
         guard !task.aborted, case .fullFeature = phase, let command = task.command, let params = parameters else {
             return
@@ -638,8 +688,7 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
             if task.executing {
                 waiting += 1
             } else {
-                tasks[task.itt] = nil
-                if task.inWindow { window.completed() }
+                finish(task)
             }
         }
         let finish: () -> Void = { [self] in

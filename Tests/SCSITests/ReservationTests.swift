@@ -23,13 +23,11 @@ private let read10: [UInt8] = [0x28, 0, 0, 0, 0, 1, 0, 0, 1, 0]
 private let write10: [UInt8] = [0x2A, 0, 0, 0, 0, 1, 0, 0, 1, 0]
 private let inquiry: [UInt8] = [0x12, 0, 0, 0, 36, 0]
 private let modeSense6: [UInt8] = [0x1A, 0, 0x3F, 0, 192, 0]
-private let testUnitReady: [UInt8] = [0, 0, 0, 0, 0, 0]
 private let reserve6: [UInt8] = [0x16, 0, 0, 0, 0, 0]
 private let release6: [UInt8] = [0x17, 0, 0, 0, 0, 0]
 
 private func be64(_ v: UInt64) -> [UInt8] { (0..<8).map { UInt8(truncatingIfNeeded: v >> (56 - 8 * $0)) } }
 
-private func be32(_ b: [UInt8], _ at: Int) -> UInt32 { (0..<4).reduce(0) { $0 << 8 | UInt32(b[at + $1]) } }
 
 private func be64(_ b: [UInt8], _ at: Int) -> UInt64 { (0..<8).reduce(0) { $0 << 8 | UInt64(b[at + $1]) } }
 

@@ -117,6 +117,24 @@ struct DataOutAssemblerTests {
         }
     }
 
+    @Test("R2Ts stay within the connection's budget and resume when it frees up")
+    func budget() throws {
+        var a = try DataOutAssembler(
+            expectedLength: 48 * 1024, immediateData: ByteBuffer(), final: true,
+            limits: .init(firstBurstLength: 8192, maxBurstLength: 16384, maxOutstandingR2T: 2, initialR2T: false,
+                          dataPDUInOrder: true),
+            allocator: ByteBufferAllocator())
+        var tag: UInt32 = 0
+        #expect(a.nextR2Ts(budget: 10000) { tag += 1; return tag }.isEmpty)
+        #expect(a.needsR2T)
+        let first = a.nextR2Ts(budget: 20000) { tag += 1; return tag }
+        #expect(first.count == 1)
+        #expect(a.solicitedBytes == 16384)
+        let rest = a.nextR2Ts(budget: .max) { tag += 1; return tag }
+        #expect(rest.map(\.offset) == [16384])
+        #expect(!a.needsR2T)
+    }
+
     @Test("InitialR2T=Yes forbids unsolicited Data-Out")
     func initialR2T() {
         var strict = limits

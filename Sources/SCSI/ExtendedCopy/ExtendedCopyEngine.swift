@@ -275,10 +275,9 @@ final class ExtendedCopyEngine: Sendable {
             guard p[at] == Self.identificationDescriptorCSCD else {
                 return .failure(CopyFailure(CopySense.unsupportedTargetDescriptorType))
             }
-            // LU ID TYPE 00b (LUN) only; 01b (proxy token) and the reserved values are refused.
-            guard p[at + 1] >> 6 == 0 else {
-                return .failure(CopyFailure(CopySense.invalidFieldInParameterList(byte: at + 1)))
-            }
+            // LU ID TYPE (byte 1 bits 7-6) is ignored: SPC-4 §6.4.5.1 makes the
+            // designator, not a LUN, identify the copy target (libiscsi's
+            // ValidTgtDescr expects GOOD from an SPC-4 device).
             // NUL: a null device cannot source or sink block data.
             guard p[at + 1] & 0x20 == 0 else { return .failure(CopyFailure(CopySense.targetNotReachable)) }
             // PERIPHERAL DEVICE TYPE 00h: direct-access block device.
