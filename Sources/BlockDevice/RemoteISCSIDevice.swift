@@ -174,11 +174,12 @@ public final class RemoteISCSIDevice: BlockDevice {
                 cdb[0] = 0x9E
                 cdb[1] = 0x12
                 for index in 0..<8 { cdb[2 + index] = UInt8(truncatingIfNeeded: next >> (56 - 8 * UInt64(index))) }
+                // ALLOCATION LENGTH is bytes 10...13 (SBC-4 §5.8.1).
                 let allocation = 4096
-                cdb[12] = UInt8(allocation >> 24 & 0xFF)
-                cdb[13] = UInt8(allocation >> 16 & 0xFF)
-                cdb[14] = UInt8(allocation >> 8 & 0xFF)
-                cdb[15] = UInt8(allocation & 0xFF)
+                cdb[10] = UInt8(allocation >> 24 & 0xFF)
+                cdb[11] = UInt8(allocation >> 16 & 0xFF)
+                cdb[12] = UInt8(allocation >> 8 & 0xFF)
+                cdb[13] = UInt8(allocation & 0xFF)
                 let answer: ISCSIClient.CommandResult
                 do throws(ISCSIClientError) {
                     answer = try client.execute(cdb: cdb, dataOut: nil, dataInLength: allocation)

@@ -64,12 +64,15 @@ extension ByteBuffer {
     var bytes: [UInt8] { Array(readableBytesView) }
 }
 
-/// Runs `body` and returns the `BlockDeviceError` it threw, or nil.
-func blockDeviceError(_ body: () async throws(BlockDeviceError) -> Void) async -> BlockDeviceError? {
+/// Runs `body` and returns the `BlockDeviceError` it threw, or nil when it
+/// succeeded or threw something else.
+func blockDeviceError(_ body: () async throws -> Void) async -> BlockDeviceError? {
     do {
         try await body()
         return nil
-    } catch {
+    } catch let error as BlockDeviceError {
         return error
+    } catch {
+        return nil
     }
 }
