@@ -181,6 +181,19 @@ public final class AIOFileDevice: BlockDevice {
         }
     }
 
+    deinit {
+        // Reached without close() only when no request is pending (each holds
+        // the device), so the descriptors can go and the I/O thread may exit.
+        let open = state.withLock { state -> Bool in
+            defer { state.descriptorsClosed = true }
+            return !state.descriptorsClosed
+        }
+        guard open else { return }
+        engine.requestStop()
+        if bufferedFD != fd { Glibc.close(bufferedFD) }
+        Glibc.close(fd)
+    }
+
     private init(
         path: String, fd: Int32, bufferedFD: Int32, engine: AIOEngine, blockSize: Int, fileSize: UInt64,
         isReadOnly: Bool, isDirect: Bool, isBlockDevice: Bool, directAlignment: Int, supportsUnmap: Bool,

@@ -67,6 +67,11 @@ public final class RemoteISCSIDevice: BlockDevice {
         return RemoteISCSIDevice(url: url, login: login, maximumTransferBytes: maximumTransferBytes)
     }
 
+    deinit {
+        // Without close(): let the session threads log out and exit.
+        jobs.requestStop()
+    }
+
     private init(url: String, login: Login, maximumTransferBytes: Int) {
         self.url = url
         self.blockSize = login.capacity.blockSize
@@ -299,6 +304,14 @@ private final class JobQueue: @unchecked Sendable {
         jobs.append(job)
         condition.signal()
         return true
+    }
+
+    /// Lets queued jobs finish and the threads log out and exit, without waiting.
+    func requestStop() {
+        condition.lock()
+        stopping = true
+        condition.broadcast()
+        condition.unlock()
     }
 
     /// Lets queued jobs finish, then logs out every session and waits for the threads.
