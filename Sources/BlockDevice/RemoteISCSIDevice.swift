@@ -54,7 +54,8 @@ public final class RemoteISCSIDevice: BlockDevice {
                         let modeSense = try clients[0].execute(
                             cdb: [0x1A, 0x00, 0x3F, 0x00, 0xFF, 0x00], dataOut: nil, dataInLength: 255)
                         // MODE SENSE (6) header byte 2 bit 7 is WP (SBC-4 §6.5.1).
-                        let writeProtected = modeSense.status == 0 && modeSense.dataIn.count > 2
+                        let writeProtected =
+                            modeSense.status == 0 && modeSense.dataIn.count > 2
                             && modeSense.dataIn[2] & 0x80 != 0
                         for client in clients.dropFirst() { _ = try client.readCapacity16() }
                         return Login(clients: clients, capacity: capacity, writeProtected: writeProtected)
@@ -78,7 +79,8 @@ public final class RemoteISCSIDevice: BlockDevice {
         self.blockCount = login.capacity.blockCount
         self.supportsUnmap = login.capacity.provisioningEnabled
         self.isReadOnly = login.writeProtected
-        self.maximumTransferBytes = max(login.capacity.blockSize, maximumTransferBytes / login.capacity.blockSize * login.capacity.blockSize)
+        self.maximumTransferBytes = max(
+            login.capacity.blockSize, maximumTransferBytes / login.capacity.blockSize * login.capacity.blockSize)
         self.jobs = JobQueue(clients: login.clients, name: "iscsi \(url)")
     }
 
@@ -207,7 +209,8 @@ public final class RemoteISCSIDevice: BlockDevice {
                     if let last = extents.last, last.status == status, last.offset + last.length == from * size {
                         extents[extents.count - 1].length += (to - from) * size
                     } else {
-                        extents.append(AllocationExtent(offset: from * size, length: (to - from) * size, status: status))
+                        extents.append(
+                            AllocationExtent(offset: from * size, length: (to - from) * size, status: status))
                     }
                     next = to
                 }

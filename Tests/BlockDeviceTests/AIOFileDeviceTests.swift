@@ -60,7 +60,8 @@ struct AIOFileDeviceTests {
             ])
 
         try await device.unmap(offset: 64 << 10, length: 64 << 10)
-        #expect(try await device.read(offset: 64 << 10, length: 64 << 10).bytes == [UInt8](repeating: 0, count: 64 << 10))
+        #expect(
+            try await device.read(offset: 64 << 10, length: 64 << 10).bytes == [UInt8](repeating: 0, count: 64 << 10))
         #expect(
             try await device.allocationStatus(offset: 0, length: 256 << 10) == [
                 AllocationExtent(offset: 0, length: 64 << 10, status: .mapped),
@@ -131,7 +132,9 @@ struct AIOFileDeviceTests {
             model.replaceSubrange(write.offset..<write.offset + write.length, with: data)
         }
         for (offset, length) in [(512, 512), (0, 16384), (1536, 2560), (4608, 512), (9216, 7680), (126 * 512, 1024)] {
-            #expect(try await device.read(offset: UInt64(offset), length: length).bytes == Array(model[offset..<offset + length]))
+            #expect(
+                try await device.read(offset: UInt64(offset), length: length).bytes
+                    == Array(model[offset..<offset + length]))
         }
         try await device.flush()
         await device.close()

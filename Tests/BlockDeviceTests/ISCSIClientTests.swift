@@ -76,7 +76,9 @@ final class TGTFixture {
 
     private func waitUntilReady() throws {
         for _ in 0..<400 {
-            guard process.isRunning else { throw FixtureFailure("tgtd exited with status \(process.terminationStatus)") }
+            guard process.isRunning else {
+                throw FixtureFailure("tgtd exited with status \(process.terminationStatus)")
+            }
             if (try? admin("--op", "show", "--mode", "target")) != nil { return }
             usleep(25_000)
         }
@@ -127,7 +129,8 @@ let initiatorName = "iqn.2024-01.io.livemount.test:initiator"
 
 @Suite(
     "ISCSIClient and RemoteISCSIDevice against tgt", .serialized,
-    .enabled(if: TGTFixture.isInstalled, "tgtd/tgtadm not installed (Debian package tgt); skipping libiscsi client tests")
+    .enabled(
+        if: TGTFixture.isInstalled, "tgtd/tgtadm not installed (Debian package tgt); skipping libiscsi client tests")
 )
 struct ISCSIClientTests {
     @Test("connect, inquire, read capacity, write, read, synchronize and log out")
@@ -263,7 +266,8 @@ struct ISCSIClientTests {
         // tgt with thin_provisioning=1 reports LBPME and punches holes in its image.
         #expect(device.supportsUnmap)
         try await device.unmap(offset: 1 << 20, length: 64 << 10)
-        #expect(try await device.read(offset: 1 << 20, length: 64 << 10).bytes == [UInt8](repeating: 0, count: 64 << 10))
+        #expect(
+            try await device.read(offset: 1 << 20, length: 64 << 10).bytes == [UInt8](repeating: 0, count: 64 << 10))
         let extents = try await device.allocationStatus(offset: 1 << 20, length: 128 << 10)
         #expect(
             extents == [
