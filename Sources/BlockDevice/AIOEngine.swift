@@ -90,7 +90,8 @@ final class AIOOperation: @unchecked Sendable {
 /// `usr/bs_aio.c`.
 ///
 /// Callers enqueue operations on a mutex-protected submission queue and kick a
-/// wake eventfd only when the queue goes from empty to non-empty. The I/O thread
+/// wake eventfd only when the I/O thread has announced (under the same lock)
+/// that it is about to sleep, so a busy engine costs callers no system call. The I/O thread
 /// drains the queue, submits every ready iocb with one `io_submit`, and sleeps
 /// in `poll(2)` on the wake eventfd and the completion eventfd (each iocb is
 /// tagged with `io_set_eventfd`). Completions are reaped with a non-blocking
@@ -110,6 +111,9 @@ final class AIOEngine: @unchecked Sendable {
     private struct QueueState {
         var operations: [AIOOperation] = []
         var stopping = false
+        /// The I/O thread found nothing to do and will sleep in poll: the next
+        /// enqueue must write the wake eventfd.
+        var sleeping = false
         var exited = false
         var exitWaiters: [CheckedContinuation<Void, Never>] = []
     }
@@ -123,6 +127,8 @@ final class AIOEngine: @unchecked Sendable {
     private var freeSlots: [Int]
     private var pending = CircularBuffer<(operation: AIOOperation, segment: Int)>(initialCapacity: 64)
     private var inFlight = 0
+    /// The kernel refused a batch with EAGAIN: wait for a completion before retrying.
+    private var submitBlocked = false
     private var spareOperations: [AIOOperation] = []
 
     /// Sets up the io context and eventfds and starts the I/O thread.
@@ -174,13 +180,13 @@ final class AIOEngine: @unchecked Sendable {
     /// Returns false when the engine is stopping; the caller then resumes the
     /// continuation itself.
     func enqueue(_ operation: AIOOperation) -> Bool {
-        let (accepted, wasEmpty) = queue.withLock { state -> (Bool, Bool) in
+        let (accepted, mustWake) = queue.withLock { state -> (Bool, Bool) in
             guard !state.stopping else { return (false, false) }
-            let wasEmpty = state.operations.isEmpty
             state.operations.append(operation)
-            return (true, wasEmpty)
+            defer { state.sleeping = false }
+            return (true, state.sleeping)
         }
-        if wasEmpty { wake() }
+        if mustWake { wake() }
         return accepted
     }
 
@@ -214,6 +220,13 @@ final class AIOEngine: @unchecked Sendable {
         }
     }
 
+    /// Asks the I/O thread to exit once idle without waiting for it (for
+    /// `deinit` of an owner that was never closed; nothing can be in flight then).
+    func requestStop() {
+        queue.withLock { $0.stopping = true }
+        wake()
+    }
+
     private func wake() {
         var one: UInt64 = 1
         _ = LinuxSystem.retryingOnEINTR { Glibc.write(wakeFD, &one, 8) }
@@ -228,16 +241,27 @@ final class AIOEngine: @unchecked Sendable {
         ]
         while true {
             var stopping = false
+            var idle = false
             queue.withLock { state in
                 swap(&state.operations, &spareOperations)
                 stopping = state.stopping
+                // Nothing new and nothing submittable: announce the sleep while
+                // holding the lock, so that the next enqueue wakes us.
+                idle = spareOperations.isEmpty && (pending.isEmpty || freeSlots.isEmpty || submitBlocked)
+                state.sleeping = idle
             }
             for operation in spareOperations {
                 for index in operation.segments.indices { pending.append((operation, index)) }
             }
             spareOperations.removeAll(keepingCapacity: true)
-            if !pending.isEmpty && !freeSlots.isEmpty { submitPending() }
+            if !pending.isEmpty && !freeSlots.isEmpty && !submitBlocked { submitPending() }
             if stopping && pending.isEmpty && inFlight == 0 { break }
+            if !idle {
+                // More may have arrived while submitting; reap what is done
+                // (a user-space ring check when nothing is) and look again.
+                reapCompletions()
+                continue
+            }
 
             fds[0].revents = 0
             fds[1].revents = 0
@@ -285,6 +309,7 @@ final class AIOEngine: @unchecked Sendable {
             } else if submitted == -Int(EAGAIN) || submitted == 0 {
                 // The kernel is out of resources: put the rest back, in order,
                 // and retry after the next completion.
+                submitBlocked = inFlight > 0
                 for index in (start..<count).reversed() {
                     let slot = slotIndex(of: submitList[index])
                     if let unit = slotUnits[slot] { pending.prepend(unit) }
@@ -348,6 +373,7 @@ final class AIOEngine: @unchecked Sendable {
         slotUnits[slot] = nil
         freeSlots.append(slot)
         inFlight -= 1
+        submitBlocked = false
         let operation = unit.operation
         if result < 0 {
             operation.record(.failed(errno: Int32(truncatingIfNeeded: -result)))

@@ -105,7 +105,8 @@ public final class AIOFileDevice: BlockDevice {
         logger: Logger = Logger(label: "livemount.blockdevice.aio")
     ) throws(BlockDeviceOpenError) -> AIOFileDevice {
         guard blockSize >= 512, blockSize <= 65536, blockSize & (blockSize - 1) == 0 else {
-            throw BlockDeviceOpenError(.invalidConfiguration, path: path, "block size \(blockSize) is not a power of two in 512...65536")
+            throw BlockDeviceOpenError(
+                .invalidConfiguration, path: path, "block size \(blockSize) is not a power of two in 512...65536")
         }
         let accessFlags = (readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC
         var isDirect = direct
@@ -179,6 +180,19 @@ public final class AIOFileDevice: BlockDevice {
             Glibc.close(fd)
             throw error
         }
+    }
+
+    deinit {
+        // Reached without close() only when no request is pending (each holds
+        // the device), so the descriptors can go and the I/O thread may exit.
+        let open = state.withLock { state -> Bool in
+            defer { state.descriptorsClosed = true }
+            return !state.descriptorsClosed
+        }
+        guard open else { return }
+        engine.requestStop()
+        if bufferedFD != fd { Glibc.close(bufferedFD) }
+        Glibc.close(fd)
     }
 
     private init(
@@ -391,7 +405,8 @@ public final class AIOFileDevice: BlockDevice {
             let count = Int(min(UInt64(Self.maximumIOSize), end - position))
             guard let buffer = pool.take(size: count) else {
                 for segment in segments { if let buffer = segment.buffer { pool.give(buffer) } }
-                throw kind == .read ? .readFailed("out of memory for bounce buffers") : .writeFailed("out of memory for bounce buffers")
+                throw kind == .read
+                    ? .readFailed("out of memory for bounce buffers") : .writeFailed("out of memory for bounce buffers")
             }
             var segment = AIOOperation.Segment(
                 buffer: buffer, length: count, offset: Int64(position), fd: fd, rwFlags: rwFlags

@@ -90,8 +90,12 @@ public struct BlockDeviceError: Error, Sendable, Equatable, CustomStringConverti
         return s
     }
 
-    public static func readFailed(_ detail: String, errno: Int32? = nil) -> Self { .init(.readFailed, errno: errno, detail) }
-    public static func writeFailed(_ detail: String, errno: Int32? = nil) -> Self { .init(.writeFailed, errno: errno, detail) }
+    public static func readFailed(_ detail: String, errno: Int32? = nil) -> Self {
+        .init(.readFailed, errno: errno, detail)
+    }
+    public static func writeFailed(_ detail: String, errno: Int32? = nil) -> Self {
+        .init(.writeFailed, errno: errno, detail)
+    }
     public static func noSpace(_ detail: String, errno: Int32? = nil) -> Self { .init(.noSpace, errno: errno, detail) }
     public static func writeProtected(_ detail: String, errno: Int32? = nil) -> Self {
         .init(.writeProtected, errno: errno, detail)

@@ -352,7 +352,8 @@ public final class ISCSIClient: @unchecked Sendable {
     }
 
     /// Checks a finished task from a helper and returns its data-in; frees the task.
-    private func complete(_ task: UnsafeMutablePointer<scsi_task>?, _ name: String) throws(ISCSIClientError) -> [UInt8] {
+    private func complete(_ task: UnsafeMutablePointer<scsi_task>?, _ name: String) throws(ISCSIClientError) -> [UInt8]
+    {
         guard let task else { throw ISCSIClientError(.transport, "\(name) failed: \(lastError)") }
         defer { scsi_free_scsi_task(task) }
         let status = Int(task.pointee.status)
@@ -362,7 +363,8 @@ public final class ISCSIClient: @unchecked Sendable {
         }
         let result = CommandResult(
             status: status,
-            sense: status == Int(SCSI_STATUS_CHECK_CONDITION.rawValue) ? Self.senseBytes(fromSenseSegment: payload) : [],
+            sense: status == Int(SCSI_STATUS_CHECK_CONDITION.rawValue)
+                ? Self.senseBytes(fromSenseSegment: payload) : [],
             dataIn: []
         )
         if status >= 0x100 { throw ISCSIClientError(.transport, "\(name) failed: \(lastError)") }
@@ -449,6 +451,7 @@ public struct ISCSIClientError: Error, Sendable, Equatable, CustomStringConverti
     public var description: String {
         guard let senseCode else { return message }
         let hex = { (value: UInt8) in String(value, radix: 16) }
-        return "\(message) (sense key 0x\(hex(senseCode.key)) ASC 0x\(hex(senseCode.asc)) ASCQ 0x\(hex(senseCode.ascq)))"
+        return
+            "\(message) (sense key 0x\(hex(senseCode.key)) ASC 0x\(hex(senseCode.asc)) ASCQ 0x\(hex(senseCode.ascq)))"
     }
 }

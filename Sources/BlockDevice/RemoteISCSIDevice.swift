@@ -54,7 +54,8 @@ public final class RemoteISCSIDevice: BlockDevice {
                         let modeSense = try clients[0].execute(
                             cdb: [0x1A, 0x00, 0x3F, 0x00, 0xFF, 0x00], dataOut: nil, dataInLength: 255)
                         // MODE SENSE (6) header byte 2 bit 7 is WP (SBC-4 §6.5.1).
-                        let writeProtected = modeSense.status == 0 && modeSense.dataIn.count > 2
+                        let writeProtected =
+                            modeSense.status == 0 && modeSense.dataIn.count > 2
                             && modeSense.dataIn[2] & 0x80 != 0
                         for client in clients.dropFirst() { _ = try client.readCapacity16() }
                         return Login(clients: clients, capacity: capacity, writeProtected: writeProtected)
@@ -67,13 +68,19 @@ public final class RemoteISCSIDevice: BlockDevice {
         return RemoteISCSIDevice(url: url, login: login, maximumTransferBytes: maximumTransferBytes)
     }
 
+    deinit {
+        // Without close(): let the session threads log out and exit.
+        jobs.requestStop()
+    }
+
     private init(url: String, login: Login, maximumTransferBytes: Int) {
         self.url = url
         self.blockSize = login.capacity.blockSize
         self.blockCount = login.capacity.blockCount
         self.supportsUnmap = login.capacity.provisioningEnabled
         self.isReadOnly = login.writeProtected
-        self.maximumTransferBytes = max(login.capacity.blockSize, maximumTransferBytes / login.capacity.blockSize * login.capacity.blockSize)
+        self.maximumTransferBytes = max(
+            login.capacity.blockSize, maximumTransferBytes / login.capacity.blockSize * login.capacity.blockSize)
         self.jobs = JobQueue(clients: login.clients, name: "iscsi \(url)")
     }
 
@@ -174,11 +181,12 @@ public final class RemoteISCSIDevice: BlockDevice {
                 cdb[0] = 0x9E
                 cdb[1] = 0x12
                 for index in 0..<8 { cdb[2 + index] = UInt8(truncatingIfNeeded: next >> (56 - 8 * UInt64(index))) }
+                // ALLOCATION LENGTH is bytes 10...13 (SBC-4 §5.8.1).
                 let allocation = 4096
-                cdb[12] = UInt8(allocation >> 24 & 0xFF)
-                cdb[13] = UInt8(allocation >> 16 & 0xFF)
-                cdb[14] = UInt8(allocation >> 8 & 0xFF)
-                cdb[15] = UInt8(allocation & 0xFF)
+                cdb[10] = UInt8(allocation >> 24 & 0xFF)
+                cdb[11] = UInt8(allocation >> 16 & 0xFF)
+                cdb[12] = UInt8(allocation >> 8 & 0xFF)
+                cdb[13] = UInt8(allocation & 0xFF)
                 let answer: ISCSIClient.CommandResult
                 do throws(ISCSIClientError) {
                     answer = try client.execute(cdb: cdb, dataOut: nil, dataInLength: allocation)
@@ -201,7 +209,8 @@ public final class RemoteISCSIDevice: BlockDevice {
                     if let last = extents.last, last.status == status, last.offset + last.length == from * size {
                         extents[extents.count - 1].length += (to - from) * size
                     } else {
-                        extents.append(AllocationExtent(offset: from * size, length: (to - from) * size, status: status))
+                        extents.append(
+                            AllocationExtent(offset: from * size, length: (to - from) * size, status: status))
                     }
                     next = to
                 }
@@ -298,6 +307,14 @@ private final class JobQueue: @unchecked Sendable {
         jobs.append(job)
         condition.signal()
         return true
+    }
+
+    /// Lets queued jobs finish and the threads log out and exit, without waiting.
+    func requestStop() {
+        condition.lock()
+        stopping = true
+        condition.broadcast()
+        condition.unlock()
     }
 
     /// Lets queued jobs finish, then logs out every session and waits for the threads.

@@ -60,7 +60,8 @@ struct AIOFileDeviceTests {
             ])
 
         try await device.unmap(offset: 64 << 10, length: 64 << 10)
-        #expect(try await device.read(offset: 64 << 10, length: 64 << 10).bytes == [UInt8](repeating: 0, count: 64 << 10))
+        #expect(
+            try await device.read(offset: 64 << 10, length: 64 << 10).bytes == [UInt8](repeating: 0, count: 64 << 10))
         #expect(
             try await device.allocationStatus(offset: 0, length: 256 << 10) == [
                 AllocationExtent(offset: 0, length: 64 << 10, status: .mapped),
@@ -131,7 +132,9 @@ struct AIOFileDeviceTests {
             model.replaceSubrange(write.offset..<write.offset + write.length, with: data)
         }
         for (offset, length) in [(512, 512), (0, 16384), (1536, 2560), (4608, 512), (9216, 7680), (126 * 512, 1024)] {
-            #expect(try await device.read(offset: UInt64(offset), length: length).bytes == Array(model[offset..<offset + length]))
+            #expect(
+                try await device.read(offset: UInt64(offset), length: length).bytes
+                    == Array(model[offset..<offset + length]))
         }
         try await device.flush()
         await device.close()
@@ -210,6 +213,43 @@ struct AIOFileDeviceTests {
             try await device.write(offset: 0, data: ByteBuffer(bytes: pattern(seed: 9, count: 1 << 20)), fua: false)
         }
         #expect(error?.code == .noSpace)
+        await device.close()
+    }
+
+    @Test(
+        "a block device (loop) is sized by ioctl and serves I/O and unmap",
+        .enabled(
+            if: getuid() == 0 && FileManager.default.fileExists(atPath: "/dev/loop-control"),
+            "needs root and loop devices")
+    )
+    func loopBlockDevice() async throws {
+        let file = try TemporaryFile(size: 8 << 20)
+        defer { file.remove() }
+        let seed = pattern(seed: 21, count: 64 << 10)
+        let fd = open(file.path, O_WRONLY)
+        _ = seed.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) }
+        close(fd)
+        let loop = try #require(runProgram("/usr/sbin/losetup", ["-f", "--show", file.path]), "losetup failed")
+        defer { _ = runProgram("/usr/sbin/losetup", ["-d", loop]) }
+
+        let device = try AIOFileDevice.open(path: loop, direct: true, blockSize: 512)
+        #expect(device.isBlockDevice)
+        #expect(device.blockCount == (8 << 20) / 512)
+        #expect(device.directAlignment == 512)
+        #expect(try await device.read(offset: 0, length: seed.count).bytes == seed)
+
+        let data = pattern(seed: 22, count: 4096)
+        try await device.write(offset: 1 << 20, data: ByteBuffer(bytes: data), fua: true)
+        #expect(try await device.read(offset: 1 << 20, length: 4096).bytes == data)
+        try await device.flush()
+
+        #expect(device.supportsUnmap)
+        try await device.unmap(offset: 0, length: 8192)
+        #expect(try await device.read(offset: 0, length: 8192).bytes == [UInt8](repeating: 0, count: 8192))
+        #expect(try await device.read(offset: 8192, length: 512).bytes == Array(seed[8192..<8704]))
+        #expect(
+            try await device.allocationStatus(offset: 0, length: 8192)
+                == [AllocationExtent(offset: 0, length: 8192, status: .mapped)])
         await device.close()
     }
 }

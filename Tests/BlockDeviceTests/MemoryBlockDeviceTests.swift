@@ -65,7 +65,7 @@ struct MemoryBlockDeviceTests {
         device.failReads(in: 4096..<8192)
         let failed = await blockDeviceError { _ = try await device.read(offset: 3584, length: 1024) }
         #expect(failed?.code == .readFailed)
-        #expect(try await device.read(offset: 0, length: 4096).count == 4096)
+        #expect(try await device.read(offset: 0, length: 4096).readableBytes == 4096)
 
         device.simulateNoSpace()
         let full = await blockDeviceError {

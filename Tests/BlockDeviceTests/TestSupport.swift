@@ -64,12 +64,30 @@ extension ByteBuffer {
     var bytes: [UInt8] { Array(readableBytesView) }
 }
 
-/// Runs `body` and returns the `BlockDeviceError` it threw, or nil.
-func blockDeviceError(_ body: () async throws(BlockDeviceError) -> Void) async -> BlockDeviceError? {
+/// Runs `body` and returns the `BlockDeviceError` it threw, or nil when it
+/// succeeded or threw something else.
+func blockDeviceError(_ body: () async throws -> Void) async -> BlockDeviceError? {
     do {
         try await body()
         return nil
-    } catch {
+    } catch let error as BlockDeviceError {
         return error
+    } catch {
+        return nil
     }
+}
+
+/// Runs a program and returns its standard output, or nil when it fails.
+func runProgram(_ path: String, _ arguments: [String]) -> String? {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: path)
+    process.arguments = arguments
+    let output = Pipe()
+    process.standardOutput = output
+    process.standardError = FileHandle.nullDevice
+    guard (try? process.run()) != nil else { return nil }
+    let data = output.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    guard process.terminationStatus == 0 else { return nil }
+    return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
 }
