@@ -252,9 +252,10 @@ struct ReservationTests {
         #expect(pr.manager.conflicts(cdb: read10, nexus: b) == !expected[2])
         #expect(pr.manager.conflicts(cdb: write10, nexus: b) == !expected[3])
         // Commands SPC-4 allows under every reservation.
-        for cdb in [
+        let allowed: [[UInt8]] = [
             inquiry, testUnitReady, [0xA0, 0, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0], [0x5E, 0, 0, 0, 0, 0, 0, 0, 8, 0],
-        ] {
+        ]
+        for cdb in allowed {
             #expect(!pr.manager.conflicts(cdb: cdb, nexus: b))
         }
         // MODE SENSE conflicts like a write (SPC-4 table 66).

@@ -16,7 +16,7 @@ rounds=3; seconds=5; size=1024; direct=0
 while getopts "r:s:z:d" opt; do
   case $opt in r) rounds=$OPTARG ;; s) seconds=$OPTARG ;; z) size=$OPTARG ;; d) direct=1 ;; *) exit 2 ;; esac
 done
-LIVEMOUNT_WITH_TGT=1 tools/install-deps.sh
+tools/install-deps.sh
 swift build -c release --product livemountd >&2
 bin="$(swift build -c release --show-bin-path)/livemountd"
 
