@@ -132,6 +132,17 @@ final class RawConnection: @unchecked Sendable {
         }
     }
 
+    /// Like `receive`, with a shorter timeout.
+    func receiveWithin(seconds: Int) -> Event {
+        var short = timeval(tv_sec: seconds, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &short, socklen_t(MemoryLayout<timeval>.size))
+        defer {
+            var normal = timeval(tv_sec: 5, tv_usec: 0)
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &normal, socklen_t(MemoryLayout<timeval>.size))
+        }
+        return receive()
+    }
+
     /// Reads until the connection closes, returning the opcodes seen on the way.
     func drainUntilClosed() -> (opcodes: [UInt8], closed: Bool) {
         var opcodes: [UInt8] = []
@@ -145,9 +156,10 @@ final class RawConnection: @unchecked Sendable {
     }
 
     /// Logs in to a normal session without authentication; returns the next CmdSN.
-    func login(target: String, initiator: String = "iqn.2026-11.org.livemount:raw", isid: UInt64 = 0x8000_0000_0001)
-        throws -> UInt32
-    {
+    func login(
+        target: String, initiator: String = "iqn.2026-11.org.livemount:raw", isid: UInt64 = 0x8000_0000_0001,
+        headerDigest: Bool = false
+    ) throws -> UInt32 {
         var text = ByteBuffer()
         for pair in [
             "InitiatorName=\(initiator)", "TargetName=\(target)", "SessionType=Normal", "AuthMethod=None",
@@ -155,7 +167,7 @@ final class RawConnection: @unchecked Sendable {
         send(LoginRequestPDU(transit: true, currentStage: 0, nextStage: 1, isid: isid, cmdSN: 1, data: text).pdu)
         guard case .pdu(0x23, let h1, _) = receive(), h1[36] == 0 else { throw TargetServerError("security stage refused") }
         var ops = ByteBuffer()
-        for pair in ["HeaderDigest=None", "DataDigest=None", "MaxRecvDataSegmentLength=65536"] {
+        for pair in ["HeaderDigest=\(headerDigest ? "CRC32C" : "None")", "DataDigest=None", "MaxRecvDataSegmentLength=65536"] {
             ops.writeString(pair + "\0")
         }
         send(LoginRequestPDU(transit: true, currentStage: 1, nextStage: 3, isid: isid, cmdSN: 1, data: ops).pdu)
