@@ -149,7 +149,6 @@ public struct LoginStateMachine: Sendable {
     private struct PendingResponse: Sendable {
         var remaining: [UInt8]
         var transit: Bool
-        var currentStage: LoginStage
         var nextStage: LoginStage
     }
 
@@ -388,7 +387,7 @@ public struct LoginStateMachine: Sendable {
             let first = Array(encoded.prefix(Self.maxLoginDataSegmentLength))
             let pending = PendingResponse(
                 remaining: Array(encoded.dropFirst(Self.maxLoginDataSegmentLength)), transit: transit,
-                currentStage: context.stage, nextStage: nextStage)
+                nextStage: nextStage)
             state = .sendingContinuation(context, pending)
             return .sendResponse(response(request, context: context, transit: false, continue: true, first))
         }

@@ -338,3 +338,48 @@ struct LoginStateMachineTests {
         #expect(r2.sequence.statSN == 101)
     }
 }
+
+@Suite("Login transcripts captured from libiscsi 1.19 (iscsi-ls, iscsi-inq)")
+struct LibiscsiTranscriptTests {
+    typealias T = LoginTest
+
+    /// The operational keys libiscsi sends in its one and only login PDU when it needs no CHAP.
+    static let libiscsiKeys: [(String, String)] = [
+        ("HeaderDigest", "None,CRC32C"), ("DataDigest", "None"), ("InitialR2T", "No"), ("ImmediateData", "Yes"),
+        ("MaxBurstLength", "262144"), ("FirstBurstLength", "262144"), ("DefaultTime2Wait", "2"),
+        ("DefaultTime2Retain", "0"), ("MaxOutstandingR2T", "1"), ("ErrorRecoveryLevel", "0"), ("IFMarker", "No"),
+        ("OFMarker", "No"), ("MaxConnections", "1"), ("MaxRecvDataSegmentLength", "262144"),
+        ("DataPDUInOrder", "Yes"), ("DataSequenceInOrder", "Yes"),
+    ]
+
+    @Test("iscsi-ls discovery login: CSG=1 → FFP in one PDU")
+    func discoveryLogin() {
+        var m = T.machine()
+        let leading = [("InitiatorName", "iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-ls"), ("SessionType", "Discovery")]
+        let a = m.receivedLoginRequest(T.request(leading + Self.libiscsiKeys, csg: 1, nsg: 3, transit: true))
+        guard case .loginComplete(let r, let p) = a else {
+            Issue.record("expected completion, got \(a)")
+            return
+        }
+        let answers = T.pairs(r)
+        #expect(answers["MaxBurstLength"] == "Irrelevant" && answers["InitialR2T"] == "Irrelevant")
+        #expect(answers["HeaderDigest"] == "None" && answers["IFMarker"] == "No")
+        #expect(answers["TargetPortalGroupTag"] == nil)
+        #expect(p.sessionType == .discovery && p.maxXmitDataSegmentLength == 262_144)
+    }
+
+    @Test("iscsi-inq normal login: HeaderDigest=None,CRC32C picks None, TPGT in the response")
+    func normalLogin() {
+        var m = T.machine()
+        let leading = [
+            ("InitiatorName", "iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-inq"), ("TargetName", T.target),
+            ("SessionType", "Normal"),
+        ]
+        let a = m.receivedLoginRequest(T.request(leading + Self.libiscsiKeys, csg: 1, nsg: 3, transit: true))
+        let answers = T.pairs(a.response)
+        #expect(answers["TargetPortalGroupTag"] == "1")
+        #expect(answers["HeaderDigest"] == "None")
+        #expect(answers["FirstBurstLength"] == "262144" && answers["MaxBurstLength"] == "262144")
+        #expect(a.session?.firstBurstLength == 262_144 && a.session?.initialR2T == false)
+    }
+}
