@@ -68,7 +68,7 @@ public struct LoginConfiguration: Sendable {
 
 /// The target side of the login phase of one connection (RFC 7143 §6.3, §11.12, §11.13).
 ///
-/// Stages (CSG/NSG, RFC 7143 §6.3 and its state diagram in §8.2/§B):
+/// Stages (CSG/NSG, RFC 7143 §6.3, §11.12.3):
 ///
 /// ```
 ///            first Login Request (CSG=0 or 1)

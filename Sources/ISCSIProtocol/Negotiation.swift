@@ -121,14 +121,6 @@ struct OperationalNegotiation: Sendable {
         "DataPDUInOrder", "DataSequenceInOrder",
     ]
 
-    /// Keys this negotiator handles (everything else is the login machine's or unknown).
-    static let operationalKeys: Set<String> = [
-        "HeaderDigest", "DataDigest", "MaxConnections", "InitialR2T", "ImmediateData", "MaxRecvDataSegmentLength",
-        "MaxBurstLength", "FirstBurstLength", "DefaultTime2Wait", "DefaultTime2Retain", "MaxOutstandingR2T",
-        "DataPDUInOrder", "DataSequenceInOrder", "ErrorRecoveryLevel", "InitiatorAlias", "TargetAlias",
-        "TargetAddress", "TargetPortalGroupTag", "OFMarker", "IFMarker", "OFMarkInt", "IFMarkInt",
-    ]
-
     /// Handles one key from the initiator. `sessionType` decides relevance.
     mutating func handle(_ pair: TextKeyValue, sessionType: SessionType) -> Outcome {
         let key = pair.key
