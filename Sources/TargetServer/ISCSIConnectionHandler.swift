@@ -90,7 +90,8 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
     /// Write tasks waiting for room under `solicitedLimit`, oldest first.
     private var waitingForR2T: [UInt32] = []
     private var nextTargetTransferTag: UInt32 = 1
-    private var textNegotiation = TextContinuation()
+    /// Text Requests after login (SendTargets, RFC 7143 §11.10, Appendix C).
+    private var textNegotiator: TextNegotiator?
     private var pendingLogout: (() -> Void)?
     private var closeAfterFlush = false
 
@@ -234,6 +235,7 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
     private func enterFullFeaturePhase(_ params: LoginDriver.Completed) {
         let p = params.parameters
         parameters = p
+        textNegotiator = TextNegotiator(session: params.session, targets: server.discoveryTargets)
         statSN = params.nextStatSN
         window = CommandWindow(initialCmdSN: params.expCmdSN, size: server.configuration.limits.commandWindow)
         // RFC 7143 §13.1: digests start with the first PDU after the final login response.
@@ -732,19 +734,16 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
 
     private func text(_ request: TextRequestPDU, inWindow: Bool) {
         if inWindow { window.completed() }
-        guard let params = parameters else { return }
-        let answer = textNegotiation.received(
-            request, server: server, parameters: params, allowedTarget: target?.name)
-        switch answer {
-        case .respond(let final, let ttt, let data):
-            let response = TextResponsePDU(
-                final: final, initiatorTaskTag: request.initiatorTaskTag, targetTransferTag: ttt,
-                sequence: currentSequence(), data: data)
-            var pdu = response.pdu
-            if !final { pdu.header.flags |= 0x40 }
-            send(pdu)
-        case .reject:
-            reject(ISCSIPDU(header: headerOf(request)), reason: .protocolError)
+        guard var negotiator = textNegotiator else { return }
+        let action = negotiator.receivedTextRequest(request, sequence: currentSequence(peek: true))
+        textNegotiator = negotiator
+        switch action {
+        case .sendResponse(let response):
+            var response = response
+            response.sequence = currentSequence()
+            send(response.pdu)
+        case .reject(let reason):
+            reject(ISCSIPDU(header: headerOf(request)), reason: reason)
         }
     }
 

@@ -1,4 +1,5 @@
 import Synchronization
+import ISCSIProtocol
 import Logging
 import NIOCore
 import SCSI
@@ -26,6 +27,8 @@ final class ServerContext: Sendable {
     /// The portal group tag of every portal (one portal group).
     let portalGroupTag: UInt16 = 1
     let metrics: TargetMetrics
+    /// The login configuration each connection copies (with its own TSIH).
+    let loginTemplate: LoginConfiguration
     private let boundAddresses: NIOLockedAddresses
 
     init(targets: [String: TargetRuntime], configuration: ServerConfiguration, logger: Logger) {
@@ -34,6 +37,7 @@ final class ServerContext: Sendable {
         self.logger = logger
         self.metrics = TargetMetrics()
         self.boundAddresses = NIOLockedAddresses()
+        self.loginTemplate = Self.makeLoginTemplate(configuration, portalGroupTag: 1)
     }
 
     /// Addresses for SendTargets (`host:port,tpgt`), set once the listeners are bound.
