@@ -78,13 +78,14 @@ public final class AIOFileDevice: BlockDevice {
 
     /// Lifecycle and the count of synchronous calls running on Dispatch workers.
     private struct State {
-        var closed = false
         var aioFsyncUnsupported = false
         var blockingCalls = 0
         var closeWaiters: [CheckedContinuation<Void, Never>] = []
         var descriptorsClosed = false
     }
     private let state = Mutex(State())
+    /// Set by `close()`; read lock-free on the I/O hot path.
+    private let closed = Atomic<Bool>(false)
 
     // MARK: - Opening
 
@@ -357,10 +358,8 @@ public final class AIOFileDevice: BlockDevice {
     }
 
     public func close() async {
-        let waitForCalls = state.withLock { state -> Bool in
-            state.closed = true
-            return state.blockingCalls > 0
-        }
+        closed.store(true, ordering: .sequentiallyConsistent)
+        let waitForCalls = state.withLock { $0.blockingCalls > 0 }
         if waitForCalls {
             await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
                 let done = state.withLock { state -> Bool in
@@ -390,7 +389,7 @@ public final class AIOFileDevice: BlockDevice {
     }
 
     private func checkOpen() throws(BlockDeviceError) {
-        if state.withLock({ $0.closed }) { throw .notReady("\(path) is closed") }
+        if closed.load(ordering: .relaxed) { throw .notReady("\(path) is closed") }
     }
 
     /// Splits `[start, end)` into segments of at most `maximumIOSize`, each with a bounce buffer.
@@ -425,8 +424,10 @@ public final class AIOFileDevice: BlockDevice {
 
     /// Runs a blocking system call on a Dispatch worker, never on the caller's thread.
     private func runBlocking<T: Sendable>(_ body: @escaping @Sendable () -> T) async throws(BlockDeviceError) -> T {
+        // close() sets `closed` before it takes the lock to count blocking
+        // calls, so a call admitted here is always waited for.
         let admitted = state.withLock { state -> Bool in
-            guard !state.closed else { return false }
+            guard !closed.load(ordering: .sequentiallyConsistent) else { return false }
             state.blockingCalls += 1
             return true
         }

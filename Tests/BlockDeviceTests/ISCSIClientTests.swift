@@ -31,7 +31,7 @@ final class TGTFixture {
     var url: String { "iscsi://127.0.0.1:\(port)/\(targetName.replacingOccurrences(of: ":", with: "%3A"))/1" }
 
     /// Starts tgtd and configures the target; `chap` and `mutualChap` bind accounts.
-    init(chap: (String, String)? = nil, mutualChap: (String, String)? = nil) throws {
+    init(chap: (String, String)? = nil, mutualChap: (String, String)? = nil, readOnly: Bool = false) throws {
         port = try Self.freePort()
         control = 1000 + port % 29000
         image = try TemporaryFile(size: 64 << 20)
@@ -48,6 +48,9 @@ final class TGTFixture {
             try admin(
                 "--op", "update", "--mode", "logicalunit", "--tid", "1", "--lun", "1", "--params",
                 "thin_provisioning=1")
+            if readOnly {
+                try admin("--op", "update", "--mode", "logicalunit", "--tid", "1", "--lun", "1", "--params", "readonly=1")
+            }
             try admin("--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL")
             if let (user, secret) = chap {
                 try admin("--op", "new", "--mode", "account", "--user", user, "--password", secret)
@@ -280,5 +283,27 @@ struct ISCSIClientTests {
         await device.close()
         let closedError = await blockDeviceError { try await device.flush() }
         #expect(closedError?.code == .notReady)
+    }
+
+    @Test("a write-protected LUN is read-only and refuses writes with DATA PROTECT")
+    func writeProtectedLUN() async throws {
+        let target = try TGTFixture(readOnly: true)
+        defer { target.stop() }
+        let client = ISCSIClient(timeoutSeconds: 10)
+        try client.connect(url: target.url, initiatorName: initiatorName)
+        #expect {
+            try client.write(lba: 0, data: [UInt8](repeating: 1, count: 512))
+        } throws: { error in
+            (error as? ISCSIClientError)?.senseCode?.key == 0x07
+        }
+        try client.logout()
+
+        let device = try await RemoteISCSIDevice.connect(url: target.url, initiatorName: initiatorName, connections: 1)
+        #expect(device.isReadOnly)
+        let error = await blockDeviceError {
+            try await device.write(offset: 0, data: ByteBuffer(bytes: [UInt8](repeating: 1, count: 512)), fua: false)
+        }
+        #expect(error?.code == .writeProtected)
+        await device.close()
     }
 }
