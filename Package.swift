@@ -89,6 +89,14 @@ let package = Package(
             swiftSettings: strict
         ),
 
+        // MARK: - Fuzzing (tools/fuzz/run.sh)
+        .target(
+            name: "ISCSIFuzzHarness",
+            dependencies: ["ISCSIProtocol", .product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: strict
+        ),
+        .executableTarget(name: "PDUFuzzer", dependencies: ["ISCSIFuzzHarness"], swiftSettings: strict),
+
         // MARK: - Executables
         .executableTarget(
             name: "livemountd",
@@ -106,7 +114,8 @@ let package = Package(
         // MARK: - Tests
         .testTarget(
             name: "ISCSIProtocolTests",
-            dependencies: ["ISCSIProtocol", .product(name: "NIOCore", package: "swift-nio")]
+            dependencies: ["ISCSIProtocol", "ISCSIFuzzHarness", .product(name: "NIOCore", package: "swift-nio")],
+            resources: [.copy("FuzzRegressions")]
         ),
         .testTarget(
             name: "BlockDeviceTests",

@@ -26,6 +26,8 @@ enum LinuxSystem {
     /// `RWF_DSYNC` for an iocb's `aio_rw_flags` (`linux/fs.h`, Linux 4.13+):
     /// this write alone is durable on completion, which is FUA.
     static let rwfDSync: UInt32 = 0x2
+    /// RWF_NOWAIT (Linux 4.14): fail with EAGAIN instead of blocking, e.g. on a page-cache miss.
+    static let rwfNoWait: Int32 = 0x8
 
     /// `FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE` (`linux/falloc.h`).
     static let fallocKeepSize: Int32 = 0x01
