@@ -1,11 +1,27 @@
 import ISCSIFuzzHarness
 
 #if FUZZING
-/// libFuzzer's entry point (built by tools/fuzz/run.sh with -sanitize=fuzzer).
+/// One input through the harness (libFuzzer's callback).
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzOne(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     PDUFuzzHarness.run(Array(UnsafeBufferPointer(start: data, count: size)))
     return 0
+}
+
+/// libFuzzer's driver (compiler-rt, LLVM 12+).
+@_silgen_name("LLVMFuzzerRunDriver")
+func LLVMFuzzerRunDriver(
+    _ argc: UnsafeMutablePointer<CInt>, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
+    _ callback: @convention(c) (UnsafePointer<UInt8>, Int) -> CInt
+) -> CInt
+
+/// SwiftPM links an executable's entry point as `<target>_main`; with the
+/// fuzzer it hands control to libFuzzer's driver.
+@_cdecl("PDUFuzzer_main")
+public func fuzzerMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt {
+    var count = argc
+    var vector = argv
+    return LLVMFuzzerRunDriver(&count, &vector) { data, size in fuzzOne(data, size) }
 }
 #else
 import Foundation

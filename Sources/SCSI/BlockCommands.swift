@@ -25,7 +25,17 @@ extension LogicalUnit {
         let r = ReadWriteCDB(command.cdb)
         try checkTransfer(r)
         if r.blocks == 0 { return .good }
-        return .good(data: try await readBlocks(lba: r.lba, blocks: UInt64(r.blocks)))
+        let wanted = Int(r.blocks) * blockSize
+        let expected = Int(command.expectedDataTransferLength)
+        guard expected < wanted else {
+            return .good(data: try await readBlocks(lba: r.lba, blocks: UInt64(r.blocks)))
+        }
+        // The initiator takes only ExpectedDataTransferLength bytes (RFC 7143
+        // §11.4.5.1 overflow): read no more than the blocks that cover them.
+        let blocks = (expected + blockSize - 1) / blockSize
+        var data = blocks == 0 ? ByteBuffer() : try await readBlocks(lba: r.lba, blocks: UInt64(blocks))
+        data.moveWriterIndex(to: data.readerIndex + expected)
+        return SCSIResult(status: .good, dataIn: data, dataInLength: wanted)
     }
 
     /// WRITE(6/10/12/16) (SBC-4 §5.39-5.42); FUA makes the write durable before GOOD.
@@ -142,9 +152,20 @@ extension LogicalUnit {
         let blocks = sixteen ? UInt64(cdb.be32(10)) : UInt64(cdb.be16(7))
         let lengthByte = sixteen ? 10 : 7
         try checkRange(lba: lba, blocks: blocks)
-        if blocks == 0 { throw .invalidFieldInCDB(byte: lengthByte) }  // WSNZ = 1
-        if blocks > limits.maximumWriteSameLength { throw .invalidFieldInCDB(byte: lengthByte) }
+        // WSNZ = 0: NUMBER OF LOGICAL BLOCKS 0 means through the last LBA (SBC-4 §5.48).
+        let count = blocks == 0 ? blockCount - lba : blocks
+        if limits.maximumWriteSameLength != 0 && count > limits.maximumWriteSameLength {
+            throw .invalidFieldInCDB(byte: lengthByte)
+        }
+        if count == 0 { return .good }
+        return try await writeSame(command, lba: lba, blocks: count, unmapRequested: unmapRequested,
+                                   noDataOutBuffer: noDataOutBuffer)
+    }
 
+    /// WRITE SAME over [lba, lba + blocks), in 1 MiB pieces or as one deallocation.
+    private func writeSame(
+        _ command: SCSICommand, lba: UInt64, blocks: UInt64, unmapRequested: Bool, noDataOutBuffer: Bool
+    ) async throws(SenseData) -> SCSIResult {
         var block: ByteBuffer
         if noDataOutBuffer {
             block = ByteBufferAllocator().buffer(capacity: blockSize)

@@ -104,12 +104,21 @@ public struct SCSIResult: Sendable {
     /// transport can report a residual against the Expected Data Transfer
     /// Length. Nil when the command transfers no Data-Out.
     public var dataOutLength: Int?
+    /// For a read cut short to the Expected Data Transfer Length (so the
+    /// target never buffers data the initiator will not take): the length
+    /// the CDB asked for, from which the transport reports the overflow
+    /// residual. Nil when `dataIn` is the whole transfer.
+    public var dataInLength: Int?
 
-    public init(status: SCSIStatus, sense: SenseData? = nil, dataIn: ByteBuffer? = nil, dataOutLength: Int? = nil) {
+    public init(
+        status: SCSIStatus, sense: SenseData? = nil, dataIn: ByteBuffer? = nil, dataOutLength: Int? = nil,
+        dataInLength: Int? = nil
+    ) {
         self.status = status
         self.sense = sense
         self.dataIn = dataIn
         self.dataOutLength = dataOutLength
+        self.dataInLength = dataInLength
     }
 
     public static let good = SCSIResult(status: .good)

@@ -22,13 +22,16 @@ struct BlockLimits: Sendable {
 
     init(blockSize: Int, supportsUnmap: Bool) {
         let bs = UInt32(Swift.max(blockSize, 1))
-        maximumTransferLength = (8 << 20) / bs
+        // 32 MiB: reads never buffer more than the initiator's Expected Data
+        // Transfer Length, and the transport bounds what a connection holds.
+        maximumTransferLength = (32 << 20) / bs
         optimalTransferLength = (1 << 20) / bs
         optimalGranularity = UInt16(Swift.max(1, 4096 / bs))
         maximumUnmapLBACount = supportsUnmap ? (256 << 20) / bs : 0
         maximumUnmapDescriptors = supportsUnmap ? 256 : 0
-        // Not above MAXIMUM TRANSFER LENGTH: libiscsi's WriteSame Unmap tests WRITE the same range first.
-        maximumWriteSameLength = UInt64(maximumTransferLength)
+        // 0: no limit. WRITE SAME moves one block of data and writes or
+        // deallocates the range in 1 MiB pieces, so any length is cheap to accept.
+        maximumWriteSameLength = 0
     }
 }
 
@@ -141,7 +144,7 @@ extension LogicalUnit {
     /// Block Limits VPD page (SBC-4 §6.6.4).
     func blockLimitsPage() -> [UInt8] {
         var p = [UInt8](repeating: 0, count: 60)  // payload starts at page byte 4
-        p[0] = 0x01  // WSNZ: WRITE SAME with NUMBER OF LOGICAL BLOCKS 0 is not supported
+        p[0] = 0x00  // WSNZ 0: WRITE SAME with NUMBER OF LOGICAL BLOCKS 0 writes through the last LBA
         p[1] = limits.maximumCompareAndWriteLength
         p.put(limits.optimalGranularity, at: 2, width: 2)
         p.put(limits.maximumTransferLength, at: 4, width: 4)

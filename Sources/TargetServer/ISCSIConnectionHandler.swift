@@ -51,6 +51,8 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
         var assembler: DataOutAssembler?
         /// Bytes this task's R2Ts solicited (returned to the connection's budget when it ends).
         var solicited = 0
+        /// Data-In this task may produce (its ExpectedDataTransferLength), counted while it executes.
+        var readBytes = 0
         var executing = false
         var aborted = false
         /// Continuations to run when the task ends (a pending TMF waits on it).
@@ -89,6 +91,12 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
     private var solicitedBytes = 0
     /// Write tasks waiting for room under `solicitedLimit`, oldest first.
     private var waitingForR2T: [UInt32] = []
+    /// Data-In that executing reads may produce, against `readLimit`. The SCSI
+    /// layer never reads past a command's ExpectedDataTransferLength, so this
+    /// bounds the read data a connection holds.
+    private var executingReadBytes = 0
+    /// Reads waiting for room under `readLimit`, oldest first.
+    private var waitingToRead: [UInt32] = []
     private var nextTargetTransferTag: UInt32 = 1
     /// Text Requests after login (SendTargets, RFC 7143 §11.10, Appendix C).
     private var textNegotiator: TextNegotiator?
@@ -105,6 +113,8 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
     static let maxWriteTransferLength = 64 << 20
     /// Solicited Data-Out a connection may have outstanding at once.
     static let solicitedLimit = 64 << 20
+    /// Data-In the executing reads of one connection may produce at once.
+    static let readLimit = 64 << 20
 
     init(server: ServerContext, remote: String) {
         self.server = server
@@ -395,7 +405,31 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
             return
         }
         tasks[task.itt] = task
+        let readBytes = command.read ? edtl : 0
+        if readBytes > 0 && executingReadBytes > 0 && executingReadBytes + readBytes > Self.readLimit {
+            waitingToRead.append(task.itt)
+            return
+        }
+        task.readBytes = readBytes
+        executingReadBytes += readBytes
         execute(task, target: target, nexus: nexus, dataOut: ByteBuffer())
+    }
+
+    /// Starts the reads that were waiting for room under `readLimit`.
+    private func startWaitingReads() {
+        guard let target, let nexus else { return }
+        while let itt = waitingToRead.first {
+            guard let task = tasks[itt], !task.aborted, let command = task.command else {
+                waitingToRead.removeFirst()
+                continue
+            }
+            let bytes = Int(command.expectedDataTransferLength)
+            if executingReadBytes > 0 && executingReadBytes + bytes > Self.readLimit { return }
+            waitingToRead.removeFirst()
+            task.readBytes = bytes
+            executingReadBytes += bytes
+            execute(task, target: target, nexus: nexus, dataOut: ByteBuffer())
+        }
     }
 
     /// Sends the R2Ts a write task needs, or runs it once its data is in.
@@ -476,6 +510,12 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
     private func finish(_ task: TaskState) {
         tasks[task.itt] = nil
         if task.inWindow { window.completed() }
+        waitingToRead.removeAll { $0 == task.itt }
+        if task.readBytes > 0 {
+            executingReadBytes -= task.readBytes
+            task.readBytes = 0
+            startWaitingReads()
+        }
         if task.solicited > 0 {
             solicitedBytes -= task.solicited
             task.solicited = 0
@@ -541,11 +581,11 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
         }
         var data = result.dataIn ?? ByteBuffer()
         if command.read || data.readableBytes > 0 {
-            let produced = data.readableBytes
+            let produced = result.dataInLength ?? data.readableBytes
             if produced > edtl || !command.read {
                 overflow = true
                 residual = produced - (command.read ? edtl : 0)
-                data.moveWriterIndex(to: data.readerIndex + (command.read ? edtl : 0))
+                data.moveWriterIndex(to: data.readerIndex + min(data.readableBytes, command.read ? edtl : 0))
             } else if produced < edtl && result.dataOutLength == nil {
                 underflow = true
                 residual = edtl - produced

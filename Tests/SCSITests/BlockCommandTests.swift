@@ -95,14 +95,22 @@ struct BlockCommandTests {
         #expect(f.device.bytes(at: 0, count: 512) == [UInt8](repeating: 0xFF, count: 512))
     }
 
-    @Test("WRITE SAME(10) repeats the block; 0 blocks and ANCHOR are refused")
+    @Test("WRITE SAME(10) repeats the block; 0 blocks runs to the last LBA (WSNZ 0); ANCHOR is refused")
     func writeSame() async throws {
         let f = try Fixture()
         let block = (0..<512).map { UInt8($0 & 0xFF) }
         #expect(await f.run([0x41, 0, 0, 0, 0, 10, 0, 0, 3, 0], data: block).status == .good)
         #expect(f.device.bytes(at: 12 * 512, count: 512) == block)
         #expect(f.device.bytes(at: 13 * 512, count: 1) == [0])
-        expectSense(await f.run([0x41, 0, 0, 0, 0, 10, 0, 0, 0, 0], data: block), .illegalRequest, 0x24, 0x00)
+        // NUMBER OF LOGICAL BLOCKS 0 from LBA 2000: blocks 2000-2047 (SBC-4 §5.48).
+        #expect(await f.run([0x41, 0, 0, 0, 0x07, 0xD0, 0, 0, 0, 0], data: block).status == .good)
+        #expect(f.device.bytes(at: 2000 * 512, count: 512) == block)
+        #expect(f.device.bytes(at: 2047 * 512, count: 512) == block)
+        #expect(f.device.bytes(at: 1999 * 512, count: 1) == [0])
+        // Block Limits VPD: WSNZ 0, MAXIMUM WRITE SAME LENGTH 0 (no limit).
+        let limits = await f.run([0x12, 0x01, 0xB0, 0, 64, 0]).bytes
+        #expect(limits[4] & 0x01 == 0)
+        #expect(limits[36..<44].allSatisfy { $0 == 0 })
         expectSense(await f.run([0x41, 0x18, 0, 0, 0, 10, 0, 0, 1, 0], data: block), .illegalRequest, 0x24, 0x00)
         expectSense(await f.run([0x41, 0, 0, 0, 0x07, 0xFF, 0, 0, 2, 0], data: block), .illegalRequest, 0x21, 0x00)
     }

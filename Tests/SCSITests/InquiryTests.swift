@@ -86,9 +86,9 @@ struct InquiryTests {
         let b = await f.run(inquiry(evpd: true, page: 0xB0)).bytes
         #expect(b.count == 64)
         #expect(b[3] == 0x3C)
-        #expect(b[4] & 0x01 == 1)
+        #expect(b[4] & 0x01 == 0)  // WSNZ 0
         #expect(b[5] == 255)
-        #expect(be32(b, 8) == (8 << 20) / 512)
+        #expect(be32(b, 8) == (32 << 20) / 512)
         #expect(be32(b, 20) > 0)
         #expect(be32(b, 24) == 256)
     }

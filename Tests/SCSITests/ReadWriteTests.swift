@@ -55,7 +55,7 @@ struct ReadWriteTests {
     @Test("TRANSFER LENGTH above the Block Limits maximum is INVALID FIELD IN CDB")
     func tooLong() async throws {
         let f = try Fixture(blocks: 100_000)
-        let r = await f.run(cdb16(0x88, lba: 0, blocks: 16385))
+        let r = await f.run(cdb16(0x88, lba: 0, blocks: 65537))
         expectSense(r, .illegalRequest, 0x24, 0x00)
         #expect(r.sense?.senseKeySpecific?.2 == 10)
     }
@@ -67,6 +67,28 @@ struct ReadWriteTests {
         expectSense(
             await f.run(write10(lba: 0, blocks: 1, flags: 0x40), data: [UInt8](repeating: 0, count: 512)),
             .illegalRequest, 0x24, 0x00)
+    }
+
+    @Test("a READ longer than ExpectedDataTransferLength reads only what the initiator takes")
+    func readClampedToEDTL() async throws {
+        let f = try Fixture()
+        f.device.fill(at: 0, with: (0..<8192).map { UInt8($0 % 251) })
+        let command = SCSICommand(
+            cdb: read10(lba: 0, blocks: 16), nexus: nexusA, expectedDataTransferLength: 1000, isWrite: false,
+            isRead: true)
+        let r = await f.target.execute(lun: 0, command: command)
+        #expect(r.status == .good)
+        #expect(r.dataIn?.readableBytes == 1000)
+        #expect(r.dataInLength == 16 * 512)
+        #expect(r.bytes == (0..<1000).map { UInt8($0 % 251) })
+        // ExpectedDataTransferLength 0: nothing is read, the full length is still reported.
+        let none = await f.target.execute(
+            lun: 0,
+            command: SCSICommand(
+                cdb: read10(lba: 0, blocks: 1), nexus: nexusA, expectedDataTransferLength: 0, isWrite: false,
+                isRead: true))
+        #expect(none.dataIn?.readableBytes ?? 0 == 0)
+        #expect(none.dataInLength == 512)
     }
 
     @Test("FUA reaches the device; DPO is accepted")

@@ -25,7 +25,7 @@ struct Fixture {
     func run(_ cdb: [UInt8], data: [UInt8]? = nil, lun: UInt64 = 0, nexus: ITNexus = nexusA) async -> SCSIResult {
         let out = data.map { ByteBuffer(bytes: $0) } ?? ByteBuffer()
         let command = SCSICommand(
-            cdb: cdb, nexus: nexus, expectedDataTransferLength: UInt32(data?.count ?? 4096), isWrite: data != nil,
+            cdb: cdb, nexus: nexus, expectedDataTransferLength: UInt32(data?.count ?? (16 << 20)), isWrite: data != nil,
             isRead: data == nil, dataOut: out)
         return await target.execute(lun: lun, command: command)
     }
