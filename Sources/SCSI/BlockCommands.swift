@@ -173,11 +173,13 @@ extension LogicalUnit {
         } else {
             block = try dataOut(command, length: blockSize)
         }
-        let isZero = block.withUnsafeReadableBytes { $0.allSatisfy { $0 == 0 } }
 
         let token = await rangeLock.lock(lba: lba, blocks: blocks)
         defer { rangeLock.unlock(token) }
-        if unmapRequested && isZero && supportsUnmap {
+        // UNMAP set: the range is deallocated whatever the block holds, as LIO
+        // does and libiscsi's UnmapUntilEnd expects (SBC-3 §5.45); LBPRZ then
+        // makes it read back as zeros.
+        if unmapRequested && device.supportsUnmap {
             do {
                 try await device.unmap(offset: lba * UInt64(blockSize), length: Int(blocks) * blockSize)
             } catch {
