@@ -149,6 +149,11 @@ public final class AIOFileDevice: BlockDevice {
                 if isDirect, ioctl(fd, LinuxSystem.blkSSZGet, &sectorSize) == 0, sectorSize > 0 {
                     alignment = Int(sectorSize)
                 }
+            } else if isDirect && alignment > 512 && Self.directReadWorks(fd: fd, alignment: 512, size: fileSize) {
+                // st_blksize is the file system's block, not the device's
+                // sector: most files take 512-byte O_DIRECT I/O, and then a
+                // 4 KiB read at a 512-byte offset is not widened to 8 KiB.
+                alignment = 512
             }
             alignment = min(alignment, AlignedBufferPool.alignment)
 
@@ -226,6 +231,17 @@ public final class AIOFileDevice: BlockDevice {
         ) == 0
     }
 
+    /// Whether an O_DIRECT read of `alignment` bytes at offset `alignment`
+    /// succeeds: the smallest alignment the file and its device accept.
+    private static func directReadWorks(fd: Int32, alignment: Int, size: UInt64) -> Bool {
+        var memory: UnsafeMutableRawPointer?
+        guard size >= UInt64(2 * alignment),
+            posix_memalign(&memory, AlignedBufferPool.alignment, AlignedBufferPool.alignment) == 0, let buffer = memory
+        else { return false }
+        defer { free(buffer) }
+        return pread(fd, buffer, alignment, off_t(alignment)) == alignment
+    }
+
     /// Whether a block device can zero ranges without writing data (sysfs
     /// `queue/write_zeroes_max_bytes`), which `fallocate(PUNCH_HOLE)` needs.
     private static func blockDeviceZeroesOnPunch(_ device: dev_t) -> Bool {
@@ -243,7 +259,7 @@ public final class AIOFileDevice: BlockDevice {
         try checkRange(offset: offset, length: length)
         guard length > 0 else { return ByteBuffer() }
         try checkOpen()
-        if !isDirect, let cached = readFromPageCache(offset: offset, length: length) { return cached }
+        if let cached = readIfReady(offset: offset, length: length) { return cached }
 
         // Widen to the O_DIRECT alignment; the padding is read and dropped.
         let alignment = UInt64(isDirect ? directAlignment : 1)
@@ -282,6 +298,15 @@ public final class AIOFileDevice: BlockDevice {
     /// with `preadv2(RWF_NOWAIT)` on the caller's thread: no hop to the I/O
     /// thread and back. A miss (EAGAIN) or a short read returns nil and the
     /// read goes through libaio as usual, so the caller never blocks.
+    public func readIfReady(offset: UInt64, length: Int) -> ByteBuffer? {
+        guard !isDirect, length > 0, offset <= capacity, UInt64(length) <= capacity - offset else { return nil }
+        // Admitted like a blocking call, so close() cannot close (and the
+        // system reuse) the descriptor while this pread runs.
+        guard admitCall() else { return nil }
+        defer { finishCall() }
+        return readFromPageCache(offset: offset, length: length)
+    }
+
     private func readFromPageCache(offset: UInt64, length: Int) -> ByteBuffer? {
         var buffer = ByteBufferAllocator().buffer(capacity: length)
         let copied = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { target -> Int in
@@ -438,17 +463,27 @@ public final class AIOFileDevice: BlockDevice {
 
     /// Runs a blocking system call on a Dispatch worker, never on the caller's thread.
     private func runBlocking<T: Sendable>(_ body: @escaping @Sendable () -> T) async throws(BlockDeviceError) -> T {
-        // close() sets `closed` before it takes the lock to count blocking
-        // calls, so a call admitted here is always waited for.
-        let admitted = state.withLock { state -> Bool in
+        guard admitCall() else { throw .notReady("\(path) is closed") }
+        let value = await withCheckedContinuation { (continuation: CheckedContinuation<T, Never>) in
+            DispatchQueue.global().async { continuation.resume(returning: body()) }
+        }
+        finishCall()
+        return value
+    }
+
+    /// Counts a call that uses the descriptors outside the I/O engine. close()
+    /// sets `closed` before it takes the lock to count such calls, so a call
+    /// admitted here is always waited for.
+    private func admitCall() -> Bool {
+        state.withLock { state -> Bool in
             guard !closed.load(ordering: .sequentiallyConsistent) else { return false }
             state.blockingCalls += 1
             return true
         }
-        guard admitted else { throw .notReady("\(path) is closed") }
-        let value = await withCheckedContinuation { (continuation: CheckedContinuation<T, Never>) in
-            DispatchQueue.global().async { continuation.resume(returning: body()) }
-        }
+    }
+
+    /// Ends a call counted by `admitCall`, waking close() after the last one.
+    private func finishCall() {
         let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
             state.blockingCalls -= 1
             guard state.blockingCalls == 0 else { return [] }
@@ -456,7 +491,6 @@ public final class AIOFileDevice: BlockDevice {
             return state.closeWaiters
         }
         for waiter in waiters { waiter.resume() }
-        return value
     }
 
     /// Walks `SEEK_DATA`/`SEEK_HOLE` over `[offset, end)`; a block counts as

@@ -18,6 +18,10 @@ public protocol BlockDevice: AnyObject, Sendable {
 
     /// Reads `length` bytes at `offset`.
     func read(offset: UInt64, length: Int) async throws(BlockDeviceError) -> ByteBuffer
+    /// The same bytes, only if they can be had at once without blocking (a
+    /// page-cache hit, memory); nil sends the caller to `read`. Lets the
+    /// target answer a READ on the connection's own thread.
+    func readIfReady(offset: UInt64, length: Int) -> ByteBuffer?
     /// Writes `data` at `offset`; with `fua` the data is durable when this returns.
     func write(offset: UInt64, data: ByteBuffer, fua: Bool) async throws(BlockDeviceError)
     /// Makes every completed write durable (SYNCHRONIZE CACHE).
@@ -55,6 +59,8 @@ extension BlockDevice {
     public func allocationStatus(offset: UInt64, length: Int) async throws(BlockDeviceError) -> [AllocationExtent] {
         [AllocationExtent(offset: offset, length: UInt64(length), status: .mapped)]
     }
+
+    public func readIfReady(offset: UInt64, length: Int) -> ByteBuffer? { nil }
 }
 
 /// A failure of a backing store, mapped by the SCSI layer to sense data.

@@ -118,6 +118,17 @@ public final class MemoryBlockDevice: BlockDevice {
         return ByteBuffer(bytes: bytes)
     }
 
+    /// Memory is always ready, unless a fault hook refuses the read (then the
+    /// async `read` reports the error).
+    public func readIfReady(offset: UInt64, length: Int) -> ByteBuffer? {
+        let bytes = state.withLock { state -> [UInt8]? in
+            guard (try? admit(.read(offset: offset, length: length), state: &state)) != nil else { return nil }
+            state.statistics.reads += 1
+            return load(offset: offset, length: length, from: state)
+        }
+        return bytes.map { ByteBuffer(bytes: $0) }
+    }
+
     public func write(offset: UInt64, data: ByteBuffer, fua: Bool) async throws(BlockDeviceError) {
         let bytes = data.readableBytesView
         try state.withLock { state throws(BlockDeviceError) in

@@ -22,20 +22,45 @@ extension LogicalUnit {
 
     /// READ(6/10/12/16) (SBC-4 §5.13-5.16): the device's buffer is returned as is.
     func read(_ command: SCSICommand) async throws(SenseData) -> SCSIResult {
+        let plan = try readPlan(command)
+        if plan.blocks == 0 { return plan.result(ByteBuffer()) }
+        return plan.result(try await readBlocks(lba: plan.lba, blocks: plan.blocks))
+    }
+
+    /// READ without waiting, for the transport's fast path: the answer when the
+    /// device has the data at hand (page cache, memory), nil otherwise. Any
+    /// error also returns nil, so that `read` produces the sense data.
+    func readImmediately(_ command: SCSICommand) -> SCSIResult? {
+        guard let plan = try? readPlan(command) else { return nil }
+        if plan.blocks == 0 { return plan.result(ByteBuffer()) }
+        let data = device.readIfReady(offset: plan.lba * UInt64(blockSize), length: Int(plan.blocks) * blockSize)
+        return data.map(plan.result)
+    }
+
+    /// What a READ transfers: the CDB's blocks, but no more than cover the
+    /// Expected Data Transfer Length, since the initiator takes only that
+    /// (RFC 7143 §11.4.5.1 overflow); the rest is reported as a residual.
+    private struct ReadPlan {
+        var lba: UInt64
+        var blocks: UInt64
+        var expected: Int
+        var wanted: Int
+
+        func result(_ data: ByteBuffer) -> SCSIResult {
+            guard expected < wanted else { return .good(data: data) }
+            var data = data
+            data.moveWriterIndex(to: data.readerIndex + min(expected, data.readableBytes))
+            return SCSIResult(status: .good, dataIn: data, dataInLength: wanted)
+        }
+    }
+
+    private func readPlan(_ command: SCSICommand) throws(SenseData) -> ReadPlan {
         let r = ReadWriteCDB(command.cdb)
         try checkTransfer(r)
-        if r.blocks == 0 { return .good }
         let wanted = Int(r.blocks) * blockSize
         let expected = Int(command.expectedDataTransferLength)
-        guard expected < wanted else {
-            return .good(data: try await readBlocks(lba: r.lba, blocks: UInt64(r.blocks)))
-        }
-        // The initiator takes only ExpectedDataTransferLength bytes (RFC 7143
-        // §11.4.5.1 overflow): read no more than the blocks that cover them.
-        let blocks = (expected + blockSize - 1) / blockSize
-        var data = blocks == 0 ? ByteBuffer() : try await readBlocks(lba: r.lba, blocks: UInt64(blocks))
-        data.moveWriterIndex(to: data.readerIndex + expected)
-        return SCSIResult(status: .good, dataIn: data, dataInLength: wanted)
+        let blocks = expected < wanted ? (expected + blockSize - 1) / blockSize : Int(r.blocks)
+        return ReadPlan(lba: r.lba, blocks: UInt64(blocks), expected: expected, wanted: wanted)
     }
 
     /// WRITE(6/10/12/16) (SBC-4 §5.39-5.42); FUA makes the write durable before GOOD.

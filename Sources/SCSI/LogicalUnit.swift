@@ -131,6 +131,9 @@ final class LogicalUnit: Sendable {
     }
 
     /// Removes and returns the oldest unit attention for `nexus`, if any.
+    /// Whether any nexus has a unit attention queued (one atomic load).
+    var hasPendingUnitAttentions: Bool { pendingUnitAttentions.load(ordering: .relaxed) > 0 }
+
     func takeUnitAttention(for nexus: ITNexus) -> SenseData? {
         guard pendingUnitAttentions.load(ordering: .relaxed) > 0 else { return nil }
         return unitAttentions.withLock { table -> SenseData? in
@@ -229,6 +232,22 @@ final class LogicalUnit: Sendable {
             result.dataOutLength = dataOut(cdb, blockSize)
         }
         return result
+    }
+
+    /// The READ fast path (SBC-4 §5.13-5.16): answers at once when nothing
+    /// needs waiting for, with the same checks as `execute`: no unit
+    /// attention pending, a valid CDB, no reservation conflict, the data at
+    /// hand. Nil means "use `execute`", never an error.
+    func executeImmediately(_ command: SCSICommand) -> SCSIResult? {
+        let cdb = command.cdb
+        guard let opcode = cdb.first,
+            opcode == Opcode.read10 || opcode == Opcode.read16 || opcode == Opcode.read12 || opcode == Opcode.read6,
+            !hasPendingUnitAttentions,
+            case .success(let descriptor) = OpcodeTable.lookup(cdb, on: self),
+            (try? descriptor.validate(cdb)) != nil,
+            !reservations.conflicts(cdb: cdb, nexus: command.nexus)
+        else { return nil }
+        return readImmediately(command)
     }
 
     // MARK: - Shared checks

@@ -134,6 +134,14 @@ public final class SCSITarget: Sendable {
         return await unit.execute(command)
     }
 
+    /// The fast path for commands that need no waiting (today: READs whose
+    /// data the device has at hand). Returns nil when the command must go
+    /// through `execute(lun:command:)`; a non-nil result is exactly what
+    /// `execute` would have answered.
+    public func executeImmediately(lun: UInt64, command: SCSICommand) -> SCSIResult? {
+        unit(lun)?.executeImmediately(command)
+    }
+
     /// REPORT LUNS (SPC-4 §6.33), answered for any LUN. Clears REPORTED LUNS
     /// DATA HAS CHANGED for the nexus on every LU.
     private func reportLUNs(_ command: SCSICommand) -> SCSIResult {

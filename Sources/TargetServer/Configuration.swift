@@ -72,11 +72,13 @@ public struct ServerConfiguration: Sendable {
     public var nopInInterval: Int
     /// Seconds without an answer to a ping before the connection is dropped.
     public var nopInTimeout: Int
+    /// Seconds a new connection may take to complete its login before it is dropped.
+    public var loginTimeout: Int
 
     public init(
         portals: [PortalConfiguration], targets: [TargetConfiguration], discoveryChap: CHAPCredentials? = nil,
         limits: NegotiationLimits = NegotiationLimits(), stateDirectory: String? = nil, nopInInterval: Int = 30,
-        nopInTimeout: Int = 30
+        nopInTimeout: Int = 30, loginTimeout: Int = 30
     ) {
         self.portals = portals
         self.targets = targets
@@ -85,5 +87,6 @@ public struct ServerConfiguration: Sendable {
         self.stateDirectory = stateDirectory
         self.nopInInterval = nopInInterval
         self.nopInTimeout = nopInTimeout
+        self.loginTimeout = loginTimeout
     }
 }

@@ -102,11 +102,14 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
     private var textNegotiator: TextNegotiator?
     private var pendingLogout: (() -> Void)?
     private var closeAfterFlush = false
+    /// Inside channelRead: responses wait for channelReadComplete's flush.
+    private var inChannelRead = false
 
     // Target pings (RFC 7143 §11.19).
     private var lastActivity = NIODeadline.now()
     private var outstandingPing: (tag: UInt32, sent: NIODeadline)?
     private var pingTask: RepeatedTask?
+    private var loginDeadline: Scheduled<Void>?
 
     /// The largest write a command may announce (ExpectedDataTransferLength);
     /// above VPD B0h MAXIMUM TRANSFER LENGTH of every LU.
@@ -132,10 +135,21 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
 
     func channelActive(context: ChannelHandlerContext) {
         logger.debug("connection opened")
+        // A connection that has not logged in within this time is dropped, so
+        // idle or hostile peers cannot hold connections open forever.
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let timeout = server.configuration.loginTimeout
+        loginDeadline = context.eventLoop.scheduleTask(in: .seconds(Int64(timeout))) {
+            let handler = bound.value
+            guard case .login = handler.phase else { return }
+            handler.logger.notice("no login within \(timeout) s: closing the connection")
+            handler.closeSoon()
+        }
         context.fireChannelActive()
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        loginDeadline?.cancel()
         pingTask?.cancel()
         pingTask = nil
         endSession()
@@ -158,7 +172,9 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
         lastActivity = .now()
         guard var buffer = cumulation else { return }
         cumulation = nil
+        inChannelRead = true
         defer {
+            inChannelRead = false
             if buffer.readableBytes > 0 {
                 if buffer.readerIndex > 65536 { buffer.discardReadBytes() }
                 cumulation = buffer
@@ -275,6 +291,8 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
             logger.info("discovery session logged in")
         }
         phase = .fullFeature
+        loginDeadline?.cancel()
+        loginDeadline = nil
         startPings()
     }
 
@@ -540,9 +558,16 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
             isWrite: command.write, isRead: command.read, dataOut: dataOut,
             taskAttribute: TaskAttribute(rawValue: command.attribute) ?? .simple, taskTag: command.initiatorTaskTag)
         let lun = decodeLUN(command.lun)
-        let bound = NIOLoopBound(self, eventLoop: eventLoop)
         let itt = task.itt
         let scsi = target.scsi
+        // Fast path: a READ whose data is at hand is answered right here, with
+        // no task and no thread hop; inside channelRead its response goes out
+        // with the others in one flush.
+        if dataOut.readableBytes == 0, let result = scsi.executeImmediately(lun: lun, command: scsiCommand) {
+            completed(itt: itt, result: result)
+            return
+        }
+        let bound = NIOLoopBound(self, eventLoop: eventLoop)
         Task {
             let result = await scsi.execute(lun: lun, command: scsiCommand)
             eventLoop.execute {
@@ -559,7 +584,7 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
             return
         }
         sendResult(result, for: command, params: params)
-        context?.flush()
+        if !inChannelRead { context?.flush() }
     }
 
     /// Data-In and status for a finished command (RFC 7143 §11.4, §11.7),
@@ -683,7 +708,8 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
         outstandingPing = (tag, now)
         // RFC 7143 §11.19: a ping has ITT 0xFFFFFFFF and does not advance StatSN.
         let ping = NOPInPDU(initiatorTaskTag: 0xFFFF_FFFF, targetTransferTag: tag, sequence: currentSequence(peek: true))
-        send(ping.pdu)
+        // Outside channelRead nothing else flushes: the ping must go out now.
+        send(ping.pdu, flush: true)
     }
 
     // MARK: Task management (RFC 7143 §11.5, SAM-5 §7)

@@ -156,3 +156,40 @@ struct ReadWriteTests {
         }
     }
 }
+
+@Suite("READ fast path")
+struct ReadFastPathTests {
+    @Test("executeImmediately answers a READ exactly as execute does")
+    func sameAnswer() async throws {
+        let f = try Fixture()
+        f.device.fill(at: 512, with: (0..<2048).map { UInt8($0 % 253) })
+        _ = await f.run(testUnitReady)  // consume the power-on unit attention
+        let command = SCSICommand(
+            cdb: read10(lba: 1, blocks: 4), nexus: nexusA, expectedDataTransferLength: 2048, isWrite: false,
+            isRead: true)
+        let fast = try #require(f.target.executeImmediately(lun: 0, command: command))
+        let slow = await f.target.execute(lun: 0, command: command)
+        #expect(fast.status == .good)
+        #expect(fast.bytes == slow.bytes)
+        #expect(fast.dataInLength == slow.dataInLength)
+    }
+
+    @Test("a pending unit attention, a bad CDB or a non-READ goes to execute")
+    func declines() async throws {
+        let f = try Fixture()
+        f.target.nexusEstablished(nexusA)
+        let read = SCSICommand(
+            cdb: read10(lba: 0, blocks: 1), nexus: nexusA, expectedDataTransferLength: 512, isWrite: false, isRead: true)
+        // POWER ON unit attention still pending: execute must report it.
+        #expect(f.target.executeImmediately(lun: 0, command: read) == nil)
+        expectSense(await f.target.execute(lun: 0, command: read), .unitAttention, 0x29, 0x00)
+        #expect(f.target.executeImmediately(lun: 0, command: read) != nil)
+        let beyond = SCSICommand(
+            cdb: read10(lba: 4000, blocks: 1), nexus: nexusA, expectedDataTransferLength: 512, isWrite: false,
+            isRead: true)
+        #expect(f.target.executeImmediately(lun: 0, command: beyond) == nil)
+        let tur = SCSICommand(cdb: testUnitReady, nexus: nexusA, expectedDataTransferLength: 0, isWrite: false, isRead: false)
+        #expect(f.target.executeImmediately(lun: 0, command: tur) == nil)
+        #expect(f.target.executeImmediately(lun: 9, command: read) == nil)
+    }
+}

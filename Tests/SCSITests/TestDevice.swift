@@ -51,6 +51,14 @@ final class TestDevice: BlockDevice, Sendable {
         return ByteBuffer(bytes: result)
     }
 
+    /// Ready unless reads are failing (then `read` reports the error).
+    func readIfReady(offset: UInt64, length: Int) -> ByteBuffer? {
+        let result: [UInt8]? = state.withLock { s in
+            s.failReads ? nil : Array(s.bytes[Int(offset)..<(Int(offset) + length)])
+        }
+        return result.map { ByteBuffer(bytes: $0) }
+    }
+
     func write(offset: UInt64, data: ByteBuffer, fua: Bool) async throws(BlockDeviceError) {
         await Task.yield()
         let bytes = data.getBytes(at: data.readerIndex, length: data.readableBytes) ?? []

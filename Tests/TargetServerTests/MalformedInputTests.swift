@@ -217,4 +217,43 @@ struct MalformedInputTests {
         }
         #expect(try await healthy)
     }
+
+    @Test("an idle session gets NOP-In pings; a peer that never answers is dropped (RFC 7143 §11.19)")
+    func pings() async throws {
+        let target = try await TestTarget.start(nopInInterval: 1, nopInTimeout: 1)
+        defer { Task { await target.stop() } }
+        let (ping, closed) = try await onThread { () -> (RawConnection.Event, Bool) in
+            let c = try RawConnection(port: target.port)
+            _ = try c.login(target: target.targetName)
+            let ping = c.receive()
+            return (ping, c.drainUntilClosed().closed)
+        }
+        guard case .pdu(let opcode, let header, _) = ping else {
+            Issue.record("no ping: \(ping)")
+            return
+        }
+        #expect(opcode == ISCSIOpcode.nopIn.rawValue)
+        #expect(header[16..<20] == [0xFF, 0xFF, 0xFF, 0xFF])  // ITT reserved: a target ping
+        #expect(header[20..<24] != [0xFF, 0xFF, 0xFF, 0xFF])  // TTT to echo back
+        #expect(closed)
+    }
+
+    @Test("a connection that never completes its login is dropped after the login timeout")
+    func loginTimeout() async throws {
+        let target = try await TestTarget.start(loginTimeout: 1)
+        defer { Task { await target.stop() } }
+        let (closedIdle, closedHalfway) = try await onThread { () -> (Bool, Bool) in
+            let idle = try RawConnection(port: target.port)
+            // Half a login: the security stage, then silence.
+            let halfway = try RawConnection(port: target.port)
+            var text = ByteBuffer()
+            text.writeString("InitiatorName=iqn.2026-11.org.livemount:slow\0TargetName=\(target.targetName)\0")
+            text.writeString("AuthMethod=None\0")
+            halfway.send(
+                LoginRequestPDU(transit: false, currentStage: 0, nextStage: 1, isid: 1, cmdSN: 1, data: text).pdu)
+            return (idle.drainUntilClosed().closed, halfway.drainUntilClosed().closed)
+        }
+        #expect(closedIdle)
+        #expect(closedHalfway)
+    }
 }

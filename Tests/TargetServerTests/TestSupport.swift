@@ -19,7 +19,8 @@ struct TestTarget {
     static func start(
         name: String = defaultName, luns: [UInt64: (blocks: UInt64, readOnly: Bool)] = [0: (16384, false)],
         chap: CHAPCredentials? = nil, mutualChap: CHAPCredentials? = nil, allowed: [String] = [],
-        discoveryChap: CHAPCredentials? = nil, nopInInterval: Int = 0, stateDirectory: String? = nil
+        discoveryChap: CHAPCredentials? = nil, nopInInterval: Int = 0, nopInTimeout: Int = 30,
+        loginTimeout: Int = 30, stateDirectory: String? = nil
     ) async throws -> TestTarget {
         var devices: [UInt64: MemoryBlockDevice] = [:]
         var units: [LogicalUnitConfiguration] = []
@@ -39,7 +40,8 @@ struct TestTarget {
                 TargetConfiguration(
                     name: name, logicalUnits: units, chap: chap, mutualChap: mutualChap, allowedInitiators: allowed)
             ],
-            discoveryChap: discoveryChap, stateDirectory: stateDirectory, nopInInterval: nopInInterval)
+            discoveryChap: discoveryChap, stateDirectory: stateDirectory, nopInInterval: nopInInterval,
+            nopInTimeout: nopInTimeout, loginTimeout: loginTimeout)
         let server = try ISCSITargetServer(configuration: configuration, logger: logger)
         let bound = try await server.start()
         guard let port = bound.first?.port else { throw TargetServerError("no port") }

@@ -25,7 +25,10 @@ ctl=$((20 + RANDOM % 100))
 pids=()
 cleanup() {
   tgtadm -C "$ctl" --op delete --mode system --force >/dev/null 2>&1 || true
+  # tgtd ignores SIGTERM while it still has targets: stop it for sure.
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 0.5
+  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$work"
 }
