@@ -65,27 +65,26 @@ extension LogicalUnit {
 
     /// WRITE(6/10/12/16) (SBC-4 §5.39-5.42); FUA makes the write durable before GOOD.
     func write(_ command: SCSICommand) async throws(SenseData) -> SCSIResult {
-        let r = ReadWriteCDB(command.cdb)
-        try checkTransfer(r)
-        let (data, blocks) = blockDataOut(command, blocks: r.blocks)
-        if blocks == 0 { return .good }
-        let token = await rangeLock.lock(lba: r.lba, blocks: UInt64(blocks))
-        defer { rangeLock.unlock(token) }
-        try await writeBlocks(lba: r.lba, data: data, fua: r.fua)
-        return .good
+        try await writeBlockData(command, forceUnitAccess: ReadWriteCDB(command.cdb).fua)
     }
 
     /// WRITE AND VERIFY(10/12/16) (SBC-4 §5.43-5.45): the data is written
     /// through to the medium; the verification of what we just wrote is
     /// trivially satisfied by a store that returns what it was given.
     func writeAndVerify(_ command: SCSICommand) async throws(SenseData) -> SCSIResult {
+        try await writeBlockData(command, forceUnitAccess: true)
+    }
+
+    /// The data phase both share: the whole blocks of Data-Out, written under
+    /// the range lock so COMPARE AND WRITE sees them all or none.
+    private func writeBlockData(_ command: SCSICommand, forceUnitAccess: Bool) async throws(SenseData) -> SCSIResult {
         let r = ReadWriteCDB(command.cdb)
         try checkTransfer(r)
         let (data, blocks) = blockDataOut(command, blocks: r.blocks)
         if blocks == 0 { return .good }
         let token = await rangeLock.lock(lba: r.lba, blocks: UInt64(blocks))
         defer { rangeLock.unlock(token) }
-        try await writeBlocks(lba: r.lba, data: data, fua: true)
+        try await writeBlocks(lba: r.lba, data: data, fua: forceUnitAccess)
         return .good
     }
 
