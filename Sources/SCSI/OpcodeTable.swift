@@ -127,7 +127,7 @@ enum OpcodeTable {
         CommandDescriptor(
             "PERSISTENT RESERVE OUT", [0x5F, 0x1F, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, c], checksReservedBits: false,
             dataOut: { cdb, _ in Int(cdb.be32(5)) }
-        ) { lu, cmd throws(SenseData) in lu.persistentReserveOut(cmd) },
+        ) { lu, cmd throws(SenseData) in await lu.persistentReserveOut(cmd) },
         CommandDescriptor(
             "EXTENDED COPY", [0x83, 0x1F, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, c], checksReservedBits: false,
             timeout: 120, dataOut: { cdb, _ in Int(cdb.be32(10)) }

@@ -1,3 +1,4 @@
+import Dispatch
 import NIOCore
 
 // MARK: - SPC-4 commands other than INQUIRY and MODE SENSE/SELECT
@@ -32,10 +33,18 @@ extension LogicalUnit {
     }
 
     /// PERSISTENT RESERVE OUT: delegated; the unit attentions it produces are
-    /// queued on the nexuses they name.
-    func persistentReserveOut(_ command: SCSICommand) -> SCSIResult {
-        let (result, attentions) = reservations.persistentReserveOut(
-            cdb: command.cdb, parameters: command.dataOut, nexus: command.nexus)
+    /// queued on the nexuses they name. It commits the new state to SQLite
+    /// (an fsync) before answering, so it runs on a Dispatch worker: SCSI
+    /// handlers run on the connections' event loops, which must never block.
+    func persistentReserveOut(_ command: SCSICommand) async -> SCSIResult {
+        let reservations = self.reservations
+        let (result, attentions) = await withCheckedContinuation { continuation in
+            DispatchQueue.global().async {
+                continuation.resume(
+                    returning: reservations.persistentReserveOut(
+                        cdb: command.cdb, parameters: command.dataOut, nexus: command.nexus))
+            }
+        }
         for request in attentions { queueUnitAttention(request.sense, for: request.nexus) }
         return result
     }

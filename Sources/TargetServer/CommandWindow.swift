@@ -21,7 +21,7 @@ struct CommandWindow: Sendable {
     /// Non-immediate commands accepted and not yet completed.
     private(set) var outstanding: UInt32 = 0
     /// Commands that arrived ahead of a gap, keyed by CmdSN, delivered when it fills.
-    private var held: [UInt32: Int] = [:]
+    private var held: Set<UInt32> = []
     /// The highest MaxCmdSN reported so far; reports never go backwards.
     private var reportedMax: UInt32
 
@@ -63,15 +63,13 @@ struct CommandWindow: Sendable {
             outstanding += 1
             return .deliver
         }
-        if held[cmdSN] != nil { return .ignore }
-        held[cmdSN] = 1
-        return .hold
+        return held.insert(cmdSN).inserted ? .hold : .ignore
     }
 
     /// After delivering a command, whether the held command with the new
     /// ExpCmdSN can go next; the caller loops while this returns a CmdSN.
     mutating func nextHeld() -> UInt32? {
-        guard held.removeValue(forKey: expCmdSN) != nil else { return nil }
+        guard held.remove(expCmdSN) != nil else { return nil }
         let sn = expCmdSN
         expCmdSN &+= 1
         outstanding += 1

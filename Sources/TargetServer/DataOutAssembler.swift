@@ -63,8 +63,10 @@ struct DataOutAssembler: Sendable {
     {
         self.expectedLength = expectedLength
         self.limits = limits
-        // Grows as data arrives: an initiator's ExpectedDataTransferLength alone never reserves memory.
-        data = allocator.buffer(capacity: min(expectedLength, max(immediateData.readableBytes, 65536)))
+        // Room for what may arrive unsolicited; solicited data gets its room when
+        // its R2T goes out (nextR2Ts), so ExpectedDataTransferLength alone never
+        // reserves memory beyond the connection's R2T budget.
+        data = allocator.buffer(capacity: min(expectedLength, final ? immediateData.readableBytes : limits.firstBurstLength))
         let immediate = immediateData.readableBytes
         // RFC 7143 §13.14: unsolicited data (immediate included) never exceeds FirstBurstLength.
         guard immediate <= expectedLength else {
@@ -167,6 +169,7 @@ struct DataOutAssembler: Sendable {
             solicitedUpTo += length
             out.append(request)
         }
+        if !out.isEmpty { data.reserveCapacity(solicitedUpTo) }
         return out
     }
 

@@ -275,7 +275,7 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
         if let name = p.targetName, let runtime = server.targets[name] {
             target = runtime
             let nexus = ITNexus(
-                initiatorName: p.initiatorName, isid: p.isid, targetName: name, portalGroupTag: server.portalGroupTag)
+                initiatorName: p.initiatorName, isid: p.isid, targetName: name, portalGroupTag: ServerContext.portalGroupTag)
             self.nexus = nexus
             let key = SessionRegistry.Key(initiatorName: p.initiatorName, isid: p.isid, targetName: name)
             sessionKey = key
@@ -362,7 +362,7 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
         case .taskManagementRequest:
             taskManagement(TaskManagementRequestPDU(pdu), inWindow: inWindow)
         case .textRequest:
-            text(TextRequestPDU(pdu), inWindow: inWindow)
+            text(TextRequestPDU(pdu), header: pdu.header, inWindow: inWindow)
         case .logoutRequest:
             logout(LogoutRequestPDU(pdu), inWindow: inWindow)
         default:
@@ -798,7 +798,7 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
 
     // MARK: Text (RFC 7143 §11.10)
 
-    private func text(_ request: TextRequestPDU, inWindow: Bool) {
+    private func text(_ request: TextRequestPDU, header: BasicHeaderSegment, inWindow: Bool) {
         if inWindow { window.completed() }
         guard var negotiator = textNegotiator else { return }
         let action = negotiator.receivedTextRequest(request, sequence: currentSequence(peek: true))
@@ -809,17 +809,8 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
             response.sequence = currentSequence()
             send(response.pdu)
         case .reject(let reason):
-            reject(ISCSIPDU(header: headerOf(request)), reason: reason)
+            reject(ISCSIPDU(header: header), reason: reason)
         }
-    }
-
-    private func headerOf(_ request: TextRequestPDU) -> BasicHeaderSegment {
-        var h = BasicHeaderSegment(opcode: .textRequest)
-        h.final = request.final
-        h.initiatorTaskTag = request.initiatorTaskTag
-        h.setUInt32(request.targetTransferTag, at: 20)
-        h.setUInt32(request.cmdSN, at: 24)
-        return h
     }
 
     // MARK: Logout (RFC 7143 §11.14)
@@ -926,7 +917,3 @@ func decodeLUN(_ raw: UInt64) -> UInt64 {
     }
 }
 
-/// The inverse of `decodeLUN` for REPORT LUNS and tests: peripheral addressing below 256, flat above.
-func encodeLUN(_ lun: UInt64) -> UInt64 {
-    lun < 256 ? lun << 48 : ((0x4000 | (lun & 0x3FFF)) << 48)
-}

@@ -74,7 +74,7 @@ public final class ISCSITargetServer: Service, Sendable {
             bound.map { address in
                 let host = address.ipAddress ?? "0.0.0.0"
                 let shown = host.contains(":") ? "[\(host)]" : host
-                return "\(shown):\(address.port ?? 3260),\(context.portalGroupTag)"
+                return "\(shown):\(address.port ?? 3260),\(ServerContext.portalGroupTag)"
             })
         return bound
     }

@@ -25,19 +25,19 @@ final class ServerContext: Sendable {
     let configuration: ServerConfiguration
     let logger: Logger
     /// The portal group tag of every portal (one portal group).
-    let portalGroupTag: UInt16 = 1
+    static let portalGroupTag: UInt16 = 1
     let metrics: TargetMetrics
     /// The login configuration each connection copies (with its own TSIH).
     let loginTemplate: LoginConfiguration
-    private let boundAddresses: NIOLockedAddresses
+    private let boundAddresses: PortalAddressList
 
     init(targets: [String: TargetRuntime], configuration: ServerConfiguration, logger: Logger) {
         self.targets = targets
         self.configuration = configuration
         self.logger = logger
         self.metrics = TargetMetrics()
-        self.boundAddresses = NIOLockedAddresses()
-        self.loginTemplate = Self.makeLoginTemplate(configuration, portalGroupTag: 1)
+        self.boundAddresses = PortalAddressList()
+        self.loginTemplate = Self.makeLoginTemplate(configuration, portalGroupTag: Self.portalGroupTag)
     }
 
     /// Addresses for SendTargets (`host:port,tpgt`), set once the listeners are bound.
@@ -48,8 +48,8 @@ final class ServerContext: Sendable {
     func setPortalAddresses(_ addresses: [String]) { boundAddresses.set(addresses) }
 }
 
-/// A small lock-protected list of strings.
-final class NIOLockedAddresses: Sendable {
+/// The bound portal addresses, set once the listeners are up and read by SendTargets.
+final class PortalAddressList: Sendable {
     private let box = Synchronization.Mutex<[String]>([])
     var value: [String] { box.withLock { $0 } }
     func set(_ v: [String]) { box.withLock { $0 = v } }

@@ -61,11 +61,6 @@ final class SessionRegistry: Sendable {
         }
     }
 
-    /// Whether a session with this TSIH exists (for logins that add a connection).
-    func exists(tsih: UInt16) -> Bool {
-        state.withLock { s in s.sessions.values.contains { $0.tsih == tsih } }
-    }
-
     /// Number of live normal sessions.
     var count: Int { state.withLock { $0.sessions.count } }
 

@@ -153,3 +153,8 @@ struct DataOutAssemblerTests {
         #expect(decodeLUN(encodeLUN(7)) == 7)
     }
 }
+
+/// Peripheral addressing below 256, flat above (SAM-5 §4.7), for building LUN fields in tests.
+private func encodeLUN(_ lun: UInt64) -> UInt64 {
+    lun < 256 ? lun << 48 : ((0x4000 | (lun & 0x3FFF)) << 48)
+}
