@@ -17,6 +17,7 @@ let package = Package(
     platforms: [.macOS(.v14)],
     products: [
         .executable(name: "livemountd", targets: ["livemountd"]),
+        .executable(name: "livemount", targets: ["livemount"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -31,6 +32,8 @@ let package = Package(
         .systemLibrary(name: "CLibAIO", path: "Sources/CLibAIO"),
         .systemLibrary(name: "CLibISCSI", path: "Sources/CLibISCSI"),
         .systemLibrary(name: "CSQLite", path: "Sources/CSQLite"),
+        .systemLibrary(name: "CZstd", path: "Sources/CZstd"),
+        .systemLibrary(name: "CCurl", path: "Sources/CCurl"),
         .target(name: "CCRC32C", cSettings: [.unsafeFlags(["-O3"])]),
 
         // MARK: - Storage foundations
@@ -45,6 +48,40 @@ let package = Package(
                 "CLibAIO", "CLibISCSI",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+
+        // MARK: - Backups: repository, ingest, SSD-tier cache, live mounts
+        .target(
+            name: "Repository",
+            dependencies: [
+                "BlockDevice", "SQLiteStore", "CZstd", "CCurl",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ],
+            swiftSettings: strict
+        ),
+        .target(
+            name: "Cache",
+            dependencies: [
+                "Repository", "BlockDevice", "SQLiteStore", "CCRC32C",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ],
+            swiftSettings: strict
+        ),
+        .target(
+            name: "LiveMount",
+            dependencies: [
+                "Cache", "Repository", "BlockDevice", "SQLiteStore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
             ],
             swiftSettings: strict
         ),
@@ -93,6 +130,18 @@ let package = Package(
             swiftSettings: strict
         ),
 
+        // MARK: - Control API (HTTP/JSON on a Unix socket)
+        .target(
+            name: "ControlPlane",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+
         // MARK: - Fuzzing (tools/fuzz/run.sh)
         .target(
             name: "ISCSIFuzzHarness",
@@ -105,12 +154,24 @@ let package = Package(
         .executableTarget(
             name: "livemountd",
             dependencies: [
-                "LiveMountConfig", "TargetServer", "SCSI", "BlockDevice",
+                "LiveMountConfig", "TargetServer", "SCSI", "BlockDevice", "LiveMount", "Cache", "Repository",
+                "ControlPlane",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict
+        ),
+
+        .executableTarget(
+            name: "livemount",
+            dependencies: [
+                "Repository", "ControlPlane", "BlockDevice",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict
         ),
@@ -126,6 +187,25 @@ let package = Package(
             dependencies: ["BlockDevice", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .testTarget(name: "SQLiteStoreTests", dependencies: ["SQLiteStore"]),
+        .testTarget(
+            name: "RepositoryTests",
+            dependencies: ["Repository", "BlockDevice", "SQLiteStore", .product(name: "NIOCore", package: "swift-nio")]
+        ),
+        .testTarget(
+            name: "CacheTests",
+            dependencies: [
+                "Cache", "Repository", "BlockDevice", "SQLiteStore", .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
+        .testTarget(
+            name: "LiveMountTests",
+            dependencies: [
+                "LiveMount", "Cache", "Repository", "BlockDevice", "SCSI", "TargetServer", "ControlPlane",
+                "LiveMountConfig", "CLibISCSI",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
         .testTarget(
             name: "SCSITests",
             dependencies: ["SCSI", "BlockDevice", .product(name: "NIOCore", package: "swift-nio")]

@@ -2,7 +2,7 @@
 # Installs the Debian packages LiveMount builds and tests with, if missing.
 # Used by tools/run.sh and tools/test.sh; safe to run again.
 set -euo pipefail
-packages=(libiscsi-dev libiscsi-bin libaio-dev libsqlite3-dev tgt)
+packages=(libiscsi-dev libiscsi-bin libaio-dev libsqlite3-dev libzstd-dev libcurl4-openssl-dev tgt)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,0 +1,2 @@
+// The daemon's control API: HTTP/JSON on a Unix socket.
+import NIOCore

@@ -1,0 +1,2 @@
+// The livemount command-line tool.
+print("livemount")
