@@ -170,6 +170,7 @@ let package = Package(
             dependencies: [
                 "Repository", "ControlPlane", "BlockDevice",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

@@ -30,11 +30,28 @@ public struct AdHocArguments: Sendable, Equatable {
     public var stateDirectory: String?
     /// `--log-level LEVEL`.
     public var logLevel: String?
+    /// `--repo DIR`: the backup repository for `backup:` LUNs.
+    public var repository: String?
+    /// `--cache FILE[,SIZE]`: the SSD-tier cache file for `backup:` LUNs.
+    public var cache: String?
+    /// `--repo-latency MS`: latency added per chunk read.
+    public var repositoryLatency: Int?
+    /// `--repo-bandwidth MIB`: repository read cap in MiB/s.
+    public var repositoryBandwidth: Int?
+    /// `--control-socket PATH`.
+    public var controlSocket: String?
 
     public init(
         listen: [String] = [], target: String? = nil, alias: String? = nil, luns: [String] = [], chap: String? = nil,
-        mutualChap: String? = nil, allow: [String] = [], stateDirectory: String? = nil, logLevel: String? = nil
+        mutualChap: String? = nil, allow: [String] = [], stateDirectory: String? = nil, logLevel: String? = nil,
+        repository: String? = nil, cache: String? = nil, repositoryLatency: Int? = nil,
+        repositoryBandwidth: Int? = nil, controlSocket: String? = nil
     ) {
+        self.repository = repository
+        self.cache = cache
+        self.repositoryLatency = repositoryLatency
+        self.repositoryBandwidth = repositoryBandwidth
+        self.controlSocket = controlSocket
         self.listen = listen
         self.target = target
         self.alias = alias
@@ -56,6 +73,8 @@ public struct LUNSpecification: Sendable, Equatable {
     public var blockSize = 512
     public var serial: String?
     public var writeCache = true
+    /// `N=backup:VM[@ID][/DISK]`: a live mount of a backup disk instead of an image path.
+    public var backup: BackupReference?
 
     /// The options a `--lun` value accepts after the path, for messages and `--help`.
     public static let optionSummary = "ro, rw, direct=on|off, bs=512|4096, serial=TEXT, wce=on|off"
@@ -77,6 +96,14 @@ public struct LUNSpecification: Sendable, Equatable {
             return .failure(.init("missing path after \"\(numberText)=\""))
         }
         var result = LUNSpecification(lun: number, path: path)
+        if path.hasPrefix("backup:") {
+            switch BackupReference.parse(String(path.dropFirst("backup:".count))) {
+            case .success(let reference):
+                result.backup = reference
+                result.path = ""
+            case .failure(let problem): return .failure(problem)
+            }
+        }
         for option in parts.dropFirst() {
             let (name, value) =
                 option.firstIndex(of: "=").map {
@@ -217,6 +244,19 @@ extension DaemonConfiguration {
             switch LUNSpecification.parse(spec) {
             case .failure(let problem):
                 diagnostics.error("--lun \(spec)", problem.description)
+            case .success(let lun) where lun.backup != nil:
+                if arguments.repository == nil {
+                    diagnostics.error("--lun \(spec)", "a backup LUN needs --repo DIR (the backup repository)")
+                }
+                if arguments.cache == nil {
+                    diagnostics.error("--lun \(spec)", "a backup LUN needs --cache FILE[,SIZE] (the SSD-tier cache)")
+                }
+                units.append(
+                    LogicalUnitDefinition(
+                        lun: lun.lun, path: "", readOnly: lun.readOnly, direct: lun.direct, blockSize: lun.blockSize,
+                        serialNumber: lun.serial ?? DeviceIdentifiers.serialNumber(targetName: name, lun: lun.lun),
+                        naaIdentifier: DeviceIdentifiers.naaIdentifier(targetName: name, lun: lun.lun),
+                        writeCacheEnabled: lun.writeCache, backup: lun.backup))
             case .success(let lun):
                 let path = absolute(lun.path)
                 if let problem = Checks.backingStoreProblem(
@@ -233,6 +273,48 @@ extension DaemonConfiguration {
                         writeCacheEnabled: lun.writeCache))
             }
         }
+        if let repository = arguments.repository {
+            let path = absolute(repository)
+            if let problem = Checks.existingDirectoryProblem(path) { diagnostics.error("--repo \(repository)", problem) }
+            var settings = RepositorySettings(path: path)
+            if let latency = arguments.repositoryLatency {
+                if (0...60_000).contains(latency) {
+                    settings.readLatencyMilliseconds = latency
+                } else {
+                    diagnostics.error("--repo-latency \(latency)", "out of range (0-60000 ms)")
+                }
+            }
+            if let bandwidth = arguments.repositoryBandwidth {
+                if (0...1_000_000).contains(bandwidth) {
+                    settings.readBandwidthMiBPerSecond = bandwidth
+                } else {
+                    diagnostics.error("--repo-bandwidth \(bandwidth)", "out of range (0-1000000 MiB/s)")
+                }
+            }
+            configuration.repository = settings
+        } else if arguments.repositoryLatency != nil || arguments.repositoryBandwidth != nil {
+            diagnostics.error("--repo-latency/--repo-bandwidth", "need --repo DIR")
+        }
+        if let cache = arguments.cache {
+            let parts = cache.split(separator: ",", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
+            let path = absolute(parts[0])
+            var size = CacheSettings.defaultSize
+            if parts.count == 2 {
+                if let value = CacheSettings.parseSize(parts[1]) {
+                    size = value
+                } else {
+                    diagnostics.error("--cache \(cache)", "\"\(parts[1])\" is not a size (e.g. 4G, 512M, bytes)")
+                }
+            }
+            if let problem = CacheSettings.problem(path: path, size: size) {
+                diagnostics.error("--cache \(cache)", problem)
+            }
+            configuration.cache = CacheSettings(path: path, size: size)
+        }
+        if let socket = arguments.controlSocket {
+            configuration.controlSocket = absolute(socket)
+        }
+
         configuration.targets = [
             TargetDefinition(
                 name: name, alias: arguments.alias, allowedInitiators: arguments.allow, chap: chap, mutualChap: mutual,

@@ -406,3 +406,17 @@ extension Checks {
         }
     }
 }
+
+extension Checks {
+    /// Checks that `path` is an existing, writable directory (the repository, the cache file's directory).
+    static func existingDirectoryProblem(_ path: String) -> String? {
+        var info = stat()
+        if stat(path, &info) != 0 {
+            let code = errno
+            return code == ENOENT ? "directory \(path) does not exist" : "cannot access \(path): \(errorText(code))"
+        }
+        guard info.st_mode & S_IFMT == S_IFDIR else { return "\(path) is not a directory" }
+        if access(path, W_OK | X_OK) != 0 { return "directory \(path) is not writable" }
+        return nil
+    }
+}

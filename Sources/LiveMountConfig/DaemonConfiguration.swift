@@ -27,6 +27,17 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public var discoveryChap: CHAPCredentials?
     /// The targets, in configuration order.
     public var targets: [TargetDefinition]
+    /// The backup repository live-mounted LUNs read from; required when a LUN names a backup.
+    public var repository: RepositorySettings?
+    /// The SSD-tier read cache; required when a LUN names a backup.
+    public var cache: CacheSettings?
+    /// The control API's Unix socket; nil = `control.sock` in the state directory (none without one).
+    public var controlSocket: String?
+
+    /// Where the control API listens: the configured socket, else `STATE_DIR/control.sock`, else nowhere.
+    public var effectiveControlSocket: String? {
+        controlSocket ?? stateDirectory.map { ($0.hasSuffix("/") ? $0 : $0 + "/") + "control.sock" }
+    }
 
     public init(
         stateDirectory: String? = nil, logLevel: Logger.Level = .info, portals: [PortalConfiguration],
@@ -79,8 +90,10 @@ public struct TargetDefinition: Sendable, Equatable {
 public struct LogicalUnitDefinition: Sendable, Equatable {
     /// The LUN it answers on (0...16383, SAM-5 §4.7.7 flat space addressing).
     public var lun: UInt64
-    /// Absolute path of the image file or block device.
+    /// Absolute path of the image file or block device; empty for a live mount of a backup.
     public var path: String
+    /// The backup disk this LUN live-mounts (`backup = "VM[@ID][/DISK]"`); nil for an image or device.
+    public var backup: BackupReference?
     /// Open read-only and report write protection (SBC-4 §4.11).
     public var readOnly: Bool
     /// Open with O_DIRECT (bypass the page cache).
@@ -96,10 +109,11 @@ public struct LogicalUnitDefinition: Sendable, Equatable {
 
     public init(
         lun: UInt64, path: String, readOnly: Bool = false, direct: Bool = true, blockSize: Int = 512,
-        serialNumber: String, naaIdentifier: UInt64, writeCacheEnabled: Bool = true
+        serialNumber: String, naaIdentifier: UInt64, writeCacheEnabled: Bool = true, backup: BackupReference? = nil
     ) {
         self.lun = lun
         self.path = path
+        self.backup = backup
         self.readOnly = readOnly
         self.direct = direct
         self.blockSize = blockSize
@@ -141,12 +155,12 @@ public struct DeviceOpenError: Error, Sendable, CustomStringConvertible {
 
 extension DaemonConfiguration {
     /// How to open one LUN's device; defaults to `openDevice(path:readOnly:direct:blockSize:)`.
-    public typealias DeviceOpener = @Sendable (LogicalUnitDefinition) throws -> any BlockDevice
+    public typealias DeviceOpener = @Sendable (TargetDefinition, LogicalUnitDefinition) async throws -> any BlockDevice
 
     /// Opens every LUN's device and builds the `ServerConfiguration`. If one device fails to open, those
     /// already opened are closed before the error is thrown.
     public func makeServerConfiguration(
-        openingDevicesWith open: DeviceOpener = { lu in
+        openingDevicesWith open: DeviceOpener = { _, lu in
             try openDevice(path: lu.path, readOnly: lu.readOnly, direct: lu.direct, blockSize: lu.blockSize)
         }
     ) async throws(DeviceOpenError) -> ServerConfiguration {
@@ -157,11 +171,12 @@ extension DaemonConfiguration {
             for lu in target.logicalUnits {
                 let device: any BlockDevice
                 do {
-                    device = try open(lu)
+                    device = try await open(target, lu)
                 } catch {
                     for device in opened { await device.close() }
                     throw DeviceOpenError(
-                        field: "target \(target.name) LUN \(lu.lun)", path: lu.path, reason: "\(error)")
+                        field: "target \(target.name) LUN \(lu.lun)", path: lu.backup.map { "backup \($0)" } ?? lu.path,
+                        reason: "\(error)")
                 }
                 opened.append(device)
                 units.append(

@@ -86,8 +86,10 @@ private struct Section {
 private struct TOMLMapper {
     var diagnostics = Diagnostics()
 
-    static let rootKeys = ["daemon", "portals", "iscsi", "discovery", "targets"]
-    static let daemonKeys = ["state_dir", "log_level"]
+    static let rootKeys = ["daemon", "portals", "iscsi", "discovery", "repository", "cache", "targets"]
+    static let daemonKeys = ["state_dir", "log_level", "control_socket"]
+    static let repositoryKeys = ["path", "read_latency_ms", "read_bandwidth_mib"]
+    static let cacheKeys = ["path", "size", "direct"]
     static let portalKeys = ["listen"]
     static let iscsiKeys = [
         "max_recv_data_segment_length", "max_burst_length", "first_burst_length", "immediate_data", "initial_r2t",
@@ -95,7 +97,7 @@ private struct TOMLMapper {
     ]
     static let discoveryKeys = ["chap"]
     static let targetKeys = ["name", "alias", "allow", "chap", "mutual_chap", "luns"]
-    static let lunKeys = ["lun", "path", "read_only", "direct", "block_size", "serial", "write_cache"]
+    static let lunKeys = ["lun", "path", "backup", "read_only", "direct", "block_size", "serial", "write_cache"]
     static let chapKeys = ["user", "secret"]
 
     /// Data segment and burst lengths (RFC 7143 §13.12-13.14): 512 to 2^24-1.
@@ -113,6 +115,10 @@ private struct TOMLMapper {
                     error(daemon.ref("state_dir"), problem)
                 }
                 configuration.stateDirectory = dir
+            }
+            if let socket = string(daemon, "control_socket") {
+                if let problem = Checks.absolutePathProblem(socket) { error(daemon.ref("control_socket"), problem) }
+                configuration.controlSocket = socket
             }
             if let name = string(daemon, "log_level") {
                 if let level = Checks.logLevel(name) {
@@ -146,10 +152,55 @@ private struct TOMLMapper {
             configuration.discoveryChap = chap(discovery, "chap")
         }
 
+        if let repository = table(root, "repository") {
+            checkKeys(repository, Self.repositoryKeys)
+            if let path = string(repository, "path", required: true) {
+                if let problem = Checks.absolutePathProblem(path) ?? Checks.existingDirectoryProblem(path) {
+                    error(repository.ref("path"), problem)
+                }
+                var settings = RepositorySettings(path: path)
+                if let value = integer(repository, "read_latency_ms", 0...60_000, nil) {
+                    settings.readLatencyMilliseconds = value
+                }
+                if let value = integer(repository, "read_bandwidth_mib", 0...1_000_000, nil) {
+                    settings.readBandwidthMiBPerSecond = value
+                }
+                configuration.repository = settings
+            }
+        }
+
+        if let cache = table(root, "cache") {
+            checkKeys(cache, Self.cacheKeys)
+            let path = string(cache, "path", required: true)
+            var size = CacheSettings.defaultSize
+            if let text = string(cache, "size") {
+                if let value = CacheSettings.parseSize(text) {
+                    size = value
+                } else {
+                    error(cache.ref("size"), "\"\(text)\" is not a size (e.g. \"4G\", \"512M\", bytes)")
+                }
+            }
+            let direct = bool(cache, "direct") ?? true
+            if let path {
+                if let problem = CacheSettings.problem(path: path, size: size) { error(cache.ref("path"), problem) }
+                configuration.cache = CacheSettings(path: path, size: size, direct: direct)
+            }
+        }
+
         if let targets = tables(root, "targets", required: true) {
             if targets.isEmpty { error(root.ref("targets"), "at least one target is required") }
             for target in targets {
                 if let value = mapTarget(target) { configuration.targets.append(value) }
+            }
+        }
+        for (t, target) in configuration.targets.enumerated() {
+            guard let l = target.logicalUnits.firstIndex(where: { $0.backup != nil }) else { continue }
+            let field = "targets[\(t)].luns[\(l)].backup"
+            if configuration.repository == nil {
+                error(FieldRef(field: field), "a backup LUN needs a [repository] table with its path")
+            }
+            if configuration.cache == nil {
+                error(FieldRef(field: field), "a backup LUN needs a [cache] table (the SSD-tier cache file)")
             }
         }
 
@@ -229,7 +280,18 @@ private struct TOMLMapper {
         let number = integer(
             lun, "lun", Int64(Checks.lunRange.lowerBound)...Int64(Checks.lunRange.upperBound), "SAM-5 §4.7.7",
             required: true)
-        let path = string(lun, "path", required: true)
+        let backupText = string(lun, "backup")
+        let path = string(lun, "path", required: backupText == nil)
+        var backup: BackupReference?
+        if let backupText {
+            if path != nil {
+                error(lun.ref("backup"), "give either path (an image or device) or backup (a live mount), not both")
+            }
+            switch BackupReference.parse(backupText) {
+            case .success(let reference): backup = reference
+            case .failure(let problem): error(lun.ref("backup"), problem.description)
+            }
+        }
         let readOnly = bool(lun, "read_only") ?? false
         let direct = bool(lun, "direct") ?? true
         var blockSize = 512
@@ -243,7 +305,7 @@ private struct TOMLMapper {
         let serial = string(lun, "serial")
         if let serial, let problem = Checks.serialProblem(serial) { error(lun.ref("serial"), problem) }
         let writeCache = bool(lun, "write_cache") ?? true
-        if let path {
+        if let path, backup == nil {
             if let problem = Checks.absolutePathProblem(path)
                 ?? Checks.backingStoreProblem(
                     path: path, readOnly: readOnly, direct: direct, blockSize: blockSize, syntax: .toml)
@@ -251,13 +313,13 @@ private struct TOMLMapper {
                 error(lun.ref("path"), problem)
             }
         }
-        guard let number, let path else { return nil }
+        guard let number, path != nil || backup != nil else { return nil }
         let lunNumber = UInt64(number)
         return LogicalUnitDefinition(
-            lun: lunNumber, path: path, readOnly: readOnly, direct: direct, blockSize: blockSize,
+            lun: lunNumber, path: backup == nil ? path ?? "" : "", readOnly: readOnly, direct: direct, blockSize: blockSize,
             serialNumber: serial ?? DeviceIdentifiers.serialNumber(targetName: targetName, lun: lunNumber),
             naaIdentifier: DeviceIdentifiers.naaIdentifier(targetName: targetName, lun: lunNumber),
-            writeCacheEnabled: writeCache)
+            writeCacheEnabled: writeCache, backup: backup)
     }
 
     /// `chap = { user = "...", secret = "..." }` (or a `[targets.chap]` table).

@@ -266,6 +266,11 @@ public final class SCSITarget: Sendable {
         return true
     }
 
+    /// The device behind `lun`, nil for an unknown LUN.
+    public func device(lun: UInt64) -> (any BlockDevice)? {
+        unit(lun)?.device
+    }
+
     /// Tells the target that the device behind `lun` changed size: READ
     /// CAPACITY reports the new size and every nexus gets CAPACITY DATA HAS
     /// CHANGED. Returns the new block count, nil for an unknown LUN.

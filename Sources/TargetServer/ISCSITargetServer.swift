@@ -103,6 +103,12 @@ public final class ISCSITargetServer: Service, Sendable {
     /// Number of live sessions.
     public var sessionCount: Int { context.registry.count }
 
+    /// The names of the targets served, sorted.
+    public var targetNames: [String] { context.targets.keys.sorted() }
+
+    /// The SCSI side of target `name` (to add or remove logical units while serving), nil if not served.
+    public func scsiTarget(named name: String) -> SCSITarget? { context.targets[name]?.scsi }
+
     private static func describe(_ error: any Error) -> String {
         if let io = error as? IOError {
             switch io.errnoCode {

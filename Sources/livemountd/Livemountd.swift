@@ -1,7 +1,9 @@
 import ArgumentParser
+import ControlPlane
 import LiveMountConfig
 import Logging
 import NIOCore
+import SCSI
 import ServiceLifecycle
 import TargetServer
 
@@ -30,6 +32,11 @@ struct Livemountd: AsyncParsableCommand {
               livemountd --listen 127.0.0.1:3260 \\
                 --target iqn.2026-11.org.example:disk0 \\
                 --lun 0=/var/tmp/livemount/disk0.img --lun 1=/srv/other.img,ro
+
+            Or live-mount backups (the latest of a VM, or VM@ID, optionally /DISK):
+              livemountd --listen 127.0.0.1:3260 --target iqn.2026-11.org.example:web01 \\
+                --repo /srv/livemount/repository --cache /ssd/livemount.cache,8G \\
+                --lun 0=backup:web01 --lun 1=backup:web01@3/data,ro
 
             LUN options, comma-separated after the path (",," is a comma in it):
               ro | rw          read-only or read-write (default rw)
@@ -89,6 +96,31 @@ struct Livemountd: AsyncParsableCommand {
         name: .customLong("state-dir"),
         help: ArgumentHelp("Directory for state that survives restarts (persistent reservations).", valueName: "dir"))
     var stateDir: String?
+
+    @Option(
+        help: ArgumentHelp("Backup repository for backup: LUNs.", valueName: "dir"))
+    var repo: String?
+
+    @Option(
+        help: ArgumentHelp(
+            "SSD-tier cache file for backup: LUNs, and its size (default 1G; e.g. 4G, 512M).",
+            valueName: "file[,size]"))
+    var cache: String?
+
+    @Option(
+        name: .customLong("repo-latency"),
+        help: ArgumentHelp("Latency added to every chunk read from the repository (slow storage on purpose).", valueName: "ms"))
+    var repoLatency: Int?
+
+    @Option(
+        name: .customLong("repo-bandwidth"),
+        help: ArgumentHelp("Cap on the repository read rate, MiB/s (0 = none).", valueName: "mib"))
+    var repoBandwidth: Int?
+
+    @Option(
+        name: .customLong("control-socket"),
+        help: ArgumentHelp("Unix socket of the control API (default STATE_DIR/control.sock).", valueName: "path"))
+    var controlSocket: String?
 
     @Option(
         name: .customLong("log-level"),
@@ -163,6 +195,11 @@ struct Livemountd: AsyncParsableCommand {
                 if mutualChap != nil { adHoc.append("--mutual-chap") }
                 if !allow.isEmpty { adHoc.append("--allow") }
                 if stateDir != nil { adHoc.append("--state-dir") }
+                if repo != nil { adHoc.append("--repo") }
+                if cache != nil { adHoc.append("--cache") }
+                if repoLatency != nil { adHoc.append("--repo-latency") }
+                if repoBandwidth != nil { adHoc.append("--repo-bandwidth") }
+                if controlSocket != nil { adHoc.append("--control-socket") }
                 guard adHoc.isEmpty else {
                     Self.printError(
                         "livemountd: --config cannot be combined with \(adHoc.joined(separator: ", ")); "
@@ -174,7 +211,8 @@ struct Livemountd: AsyncParsableCommand {
             return try DaemonConfiguration.fromArguments(
                 AdHocArguments(
                     listen: listen, target: target, alias: alias, luns: lun, chap: chap, mutualChap: mutualChap,
-                    allow: allow, stateDirectory: stateDir, logLevel: nil))
+                    allow: allow, stateDirectory: stateDir, logLevel: nil, repository: repo, cache: cache,
+                    repositoryLatency: repoLatency, repositoryBandwidth: repoBandwidth, controlSocket: controlSocket))
         } catch {
             for message in error.messages(file: config) { Self.printError("livemountd: \(message)") }
             return nil
@@ -187,9 +225,20 @@ struct Livemountd: AsyncParsableCommand {
             Self.printError("livemountd: cannot create state directory \(directory): \(problem)")
             return 2
         }
+        let runtime: LiveMountRuntime?
+        do {
+            runtime = try await LiveMountRuntime.open(configuration, logger: logger)
+        } catch {
+            Self.printError("livemountd: \(error)")
+            return 2
+        }
         let serverConfiguration: ServerConfiguration
         do {
-            serverConfiguration = try await configuration.makeServerConfiguration()
+            serverConfiguration = try await configuration.makeServerConfiguration { target, unit in
+                if let runtime { return try await runtime.openDevice(target: target, unit: unit) }
+                return try openDevice(
+                    path: unit.path, readOnly: unit.readOnly, direct: unit.direct, blockSize: unit.blockSize)
+            }
         } catch {
             Self.printError("livemountd: \(error)")
             return 2
@@ -213,6 +262,38 @@ struct Livemountd: AsyncParsableCommand {
             await server.shutdown()
             return 2
         }
+        if let runtime {
+            for (record, device) in await runtime.mounts.restoreAPIMounts() {
+                do {
+                    guard let scsi = server.scsiTarget(named: record.target) else {
+                        throw TargetServerError("target \(record.target) is no longer configured")
+                    }
+                    try scsi.addLogicalUnit(
+                        LogicalUnitConfiguration(
+                            lun: record.lun, device: device, readOnly: record.readOnly,
+                            serialNumber: DeviceIdentifiers.serialNumber(targetName: record.target, lun: record.lun),
+                            naaIdentifier: DeviceIdentifiers.naaIdentifier(targetName: record.target, lun: record.lun),
+                            product: "LiveMount backup"))
+                } catch {
+                    logger.error(
+                        "cannot restore mount", metadata: ["mount": "\(record.id)", "error": "\(error)"])
+                    await device.close()
+                }
+            }
+        }
+        var control: ControlServer?
+        if let socket = configuration.effectiveControlSocket {
+            let routes = ControlRoutes(server: server, runtime: runtime, logger: logger)
+            let controlServer = ControlServer(socketPath: socket, logger: logger) { await routes.handle($0) }
+            do {
+                try await controlServer.start()
+                control = controlServer
+            } catch {
+                Self.printError("livemountd: cannot listen on control socket \(socket): \(Self.reason(error))")
+                await server.shutdown()
+                return 2
+            }
+        }
         let bound = addresses.isEmpty ? configuration.portals.map(Self.format) : addresses.map(Self.format)
         print("livemountd: listening on \(bound.joined(separator: ", ")) (\(Self.summary(configuration.targets)))")
         fflush(nil)
@@ -222,10 +303,13 @@ struct Livemountd: AsyncParsableCommand {
             try await group.run()
         } catch {
             logger.error("stopped on error: \(error)")
+            await control?.shutdown()
             await server.shutdown()
             return 2
         }
+        await control?.shutdown()
         await server.shutdown()
+        await runtime?.cache.close()
         logger.info("shut down")
         return 0
     }

@@ -132,7 +132,7 @@ struct ConfigurationTests {
         #expect(c.targets.first?.logicalUnits.first?.writeCacheEnabled == true)
     }
 
-    @Test("the shipped conf/livemount.toml is valid once its image exists")
+    @Test("the shipped conf/livemount.toml is valid once its image and repository exist")
     func shippedConfiguration() throws {
         let here = URL(fileURLWithPath: #filePath)
         let conf = here.deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
@@ -140,10 +140,18 @@ struct ConfigurationTests {
         let text = try String(contentsOfFile: conf, encoding: .utf8)
         let scratch = try Scratch()
         let image = try scratch.image("disk0.img")
+        try FileManager.default.createDirectory(atPath: scratch.path + "/repository", withIntermediateDirectories: true)
         let loaded = try DaemonConfiguration.parse(
             toml: text.replacingOccurrences(of: "/var/tmp/livemount/disk0.img", with: image)
-                .replacingOccurrences(of: "/var/tmp/livemount/state", with: scratch.path + "/state"))
+                .replacingOccurrences(of: "/var/tmp/livemount/state", with: scratch.path + "/state")
+                .replacingOccurrences(of: "/var/tmp/livemount/repository", with: scratch.path + "/repository")
+                .replacingOccurrences(of: "/var/tmp/livemount/cache.img", with: scratch.path + "/cache.img"))
         #expect(loaded.warnings.isEmpty)
+        #expect(loaded.configuration.repository == RepositorySettings(path: scratch.path + "/repository"))
+        #expect(loaded.configuration.cache == CacheSettings(path: scratch.path + "/cache.img", size: 1 << 30))
+        #expect(
+            loaded.configuration.targets.first?.logicalUnits.map(\.backup)
+                == [BackupReference(vm: "demo"), nil])
         #expect(loaded.configuration.portals == [PortalConfiguration(host: "127.0.0.1", port: 3260)])
         #expect(loaded.configuration.targets.map(\.name) == ["iqn.2026-11.org.example:disk0"])
         #expect(loaded.configuration.limits == NegotiationLimits())
@@ -536,6 +544,98 @@ struct OpenDeviceTests {
         } catch {
             #expect(error.field == "target iqn.2026-11.org.example:disk0 LUN 0")
             #expect(error.reason.contains(image))
+        }
+    }
+}
+
+// MARK: - Backup LUNs
+
+@Suite("Backup LUN configuration")
+struct BackupLUNConfigurationTests {
+    @Test("VM[@ID][/DISK] parses, and bad references name what is wrong")
+    func references() throws {
+        #expect(try BackupReference.parse("web01").get() == BackupReference(vm: "web01"))
+        #expect(try BackupReference.parse("web01@7").get() == BackupReference(vm: "web01", backupID: 7))
+        #expect(try BackupReference.parse("web01@7/data").get() == BackupReference(vm: "web01", backupID: 7, disk: "data"))
+        #expect(try BackupReference.parse("web01/data").get() == BackupReference(vm: "web01", disk: "data"))
+        #expect(BackupReference(vm: "web01", backupID: 7, disk: "data").description == "web01@7/data")
+        for bad in ["", "@7", "web01@", "web01@x", "web01@0", "web01/"] {
+            guard case .failure = BackupReference.parse(bad) else {
+                Issue.record("\(bad) parsed")
+                continue
+            }
+        }
+    }
+
+    @Test("sizes accept bytes and binary units, and reject junk")
+    func sizes() {
+        #expect(CacheSettings.parseSize("1048576") == 1 << 20)
+        #expect(CacheSettings.parseSize("512M") == 512 << 20)
+        #expect(CacheSettings.parseSize("4G") == 4 << 30)
+        #expect(CacheSettings.parseSize("2GiB") == 2 << 30)
+        #expect(CacheSettings.parseSize("1T") == 1 << 40)
+        #expect(CacheSettings.parseSize("G") == nil)
+        #expect(CacheSettings.parseSize("1.5G") == nil)
+        #expect(CacheSettings.parseSize("99999999999999999999T") == nil)
+    }
+
+    @Test("a backup LUN without [repository] and [cache] names both, and path with backup is refused")
+    func backupNeedsRepositoryAndCache() throws {
+        let text = """
+            [[targets]]
+            name = "iqn.2026-11.org.example:a"
+              [[targets.luns]]
+              lun = 0
+              backup = "web01"
+            """
+        #expect {
+            try DaemonConfiguration.parse(toml: text)
+        } throws: { error in
+            guard case .invalid(let issues) = error as? ConfigurationError else { return false }
+            let messages = issues.map(\.description).joined(separator: "\n")
+            return messages.contains("targets[0].luns[0].backup") && messages.contains("[repository]")
+                && messages.contains("[cache]")
+        }
+        let both = """
+            [[targets]]
+            name = "iqn.2026-11.org.example:a"
+              [[targets.luns]]
+              lun = 0
+              backup = "web01"
+              path = "/x.img"
+            """
+        #expect {
+            try DaemonConfiguration.parse(toml: both)
+        } throws: { error in
+            guard case .invalid(let issues) = error as? ConfigurationError else { return false }
+            return issues.contains { $0.description.contains("either path") }
+        }
+    }
+
+    @Test("ad hoc backup LUNs take --repo and --cache FILE,SIZE; a missing repository is named")
+    func adHoc() throws {
+        let scratch = try Scratch()
+        try FileManager.default.createDirectory(atPath: scratch.path + "/repo", withIntermediateDirectories: true)
+        let loaded = try DaemonConfiguration.fromArguments(
+            AdHocArguments(
+                listen: ["127.0.0.1:0"], target: "iqn.2026-11.org.example:a",
+                luns: ["0=backup:web01@3/data,ro", "1=backup:web01"], repository: scratch.path + "/repo",
+                cache: scratch.path + "/cache.img,64M", repositoryLatency: 10))
+        let units = try #require(loaded.configuration.targets.first?.logicalUnits)
+        #expect(units.map(\.backup) == [BackupReference(vm: "web01", backupID: 3, disk: "data"), BackupReference(vm: "web01")])
+        #expect(units.map(\.readOnly) == [true, false])
+        #expect(loaded.configuration.cache == CacheSettings(path: scratch.path + "/cache.img", size: 64 << 20))
+        #expect(loaded.configuration.repository?.readLatencyMilliseconds == 10)
+        #expect {
+            try DaemonConfiguration.fromArguments(
+                AdHocArguments(
+                    listen: ["127.0.0.1:0"], target: "iqn.2026-11.org.example:a", luns: ["0=backup:web01"],
+                    repository: scratch.path + "/nope", cache: scratch.path + "/cache.img,1M"))
+        } throws: { error in
+            guard case .invalid(let issues) = error as? ConfigurationError else { return false }
+            let messages = issues.map(\.description).joined(separator: "\n")
+            return messages.contains("--repo") && messages.contains("does not exist")
+                && messages.contains("below the minimum")
         }
     }
 }

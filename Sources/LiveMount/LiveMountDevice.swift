@@ -1,0 +1,234 @@
+import BlockDevice
+import Cache
+import Logging
+import NIOCore
+import Repository
+import Synchronization
+
+/// A backup disk served as a LUN (DESIGN.md, The parts: `LiveMountDevice`).
+///
+/// Reads come from the write overlay where the guest wrote, else from the SSD-tier cache, else from the
+/// backup's chunk (decompressed, verified, then inserted into the cache). Writes, UNMAP and WRITE SAME go to
+/// the overlay; the backup is never written (invariant 1). The SCSI layer has already checked every range.
+///
+/// A chunk that cannot be read (missing, corrupt) fails that read with `BlockDeviceError.readFailed`, which the
+/// SCSI layer answers with MEDIUM ERROR / UNRECOVERED READ ERROR on this LUN only; its bytes are never served.
+public final class LiveMountDevice: BlockDevice {
+    public let blockSize: Int
+    public let blockCount: UInt64
+    public let isReadOnly: Bool
+    public var supportsUnmap: Bool { overlay != nil }
+
+    /// The backup disk being served.
+    public let manifest: DiskManifest
+    private let source: any ChunkSource
+    private let cache: ChunkCache
+    /// The guest's writes; nil for a read-only mount.
+    public let overlay: WriteOverlay?
+    /// Chunks staged ahead of a sequential reader.
+    private let readaheadChunks: Int
+    private let readahead = Mutex(ReadaheadState())
+    private let logger: Logger
+
+    /// Where a sequential reader was and how far ahead chunks have been staged.
+    private struct ReadaheadState {
+        var lastEnd: UInt64 = .max
+        var frontier = 0
+    }
+
+    /// Serves `manifest` through `cache` (fetching from `source`), with `overlay` for writes (nil: read-only).
+    /// The size in blocks rounds up, so a disk whose size is not a whole number of blocks is served whole
+    /// (the tail reads as zeros).
+    public init(
+        manifest: DiskManifest, source: any ChunkSource, cache: ChunkCache, overlay: WriteOverlay?,
+        blockSize: Int = 512, readaheadChunks: Int = 8, logger: Logger
+    ) {
+        self.manifest = manifest
+        self.source = source
+        self.cache = cache
+        self.overlay = overlay
+        self.blockSize = blockSize
+        self.blockCount = (manifest.size + UInt64(blockSize) - 1) / UInt64(blockSize)
+        self.isReadOnly = overlay == nil
+        self.readaheadChunks = readaheadChunks
+        self.logger = logger
+    }
+
+    // MARK: - Reads
+
+    public func read(offset: UInt64, length: Int) async throws(BlockDeviceError) -> ByteBuffer {
+        guard let overlay else { return try await readBackup(offset: offset, length: length) }
+        let extents = overlay.extents(offset: offset, length: length)
+        if extents.count == 1, let only = extents.first {
+            return try await readExtent(only, overlay: overlay)
+        }
+        var result = ByteBuffer()
+        result.reserveCapacity(length)
+        for extent in extents {
+            var piece = try await readExtent(extent, overlay: overlay)
+            result.writeBuffer(&piece)
+        }
+        return result
+    }
+
+    /// One overlay extent: the guest's data, zeros it unmapped, or the backup beneath.
+    private func readExtent(_ extent: OverlayExtent, overlay: WriteOverlay) async throws(BlockDeviceError)
+        -> ByteBuffer
+    {
+        switch extent.kind {
+        case .data: return try await overlay.read(offset: extent.offset, length: extent.length)
+        case .zero: return ByteBuffer(repeating: 0, count: extent.length)
+        case .absent: return try await readBackup(offset: extent.offset, length: extent.length)
+        }
+    }
+
+    /// Bytes of the backup disk: one chunk at a time, the chunks of a multi-chunk read fetched in parallel.
+    private func readBackup(offset: UInt64, length: Int) async throws(BlockDeviceError) -> ByteBuffer {
+        let chunkSize = UInt64(manifest.chunkSize)
+        let first = Int(offset / chunkSize)
+        let last = Int((offset + UInt64(length) - 1) / chunkSize)
+        noteRead(chunk: first, offset: offset, length: length)
+        if first == last {
+            let start = Int(offset - UInt64(first) * chunkSize)
+            return try await readChunk(first, range: start..<(start + length))
+        }
+        let pieces: [Int: ByteBuffer]
+        do {
+            pieces = try await withThrowingTaskGroup(of: (Int, ByteBuffer).self) { group in
+                for index in first...last {
+                    let chunkStart = UInt64(index) * chunkSize
+                    let lower = max(offset, chunkStart)
+                    let upper = min(offset + UInt64(length), chunkStart + chunkSize)
+                    let range = Int(lower - chunkStart)..<Int(upper - chunkStart)
+                    group.addTask { (index, try await self.readChunk(index, range: range)) }
+                }
+                var collected: [Int: ByteBuffer] = [:]
+                for try await (index, buffer) in group { collected[index] = buffer }
+                return collected
+            }
+        } catch let error as BlockDeviceError {
+            throw error
+        } catch {
+            throw .readFailed("\(error)")
+        }
+        var result = ByteBuffer()
+        result.reserveCapacity(length)
+        for index in first...last {
+            guard var piece = pieces[index] else { throw .readFailed("chunk \(index) was not read") }
+            result.writeBuffer(&piece)
+        }
+        return result
+    }
+
+    /// `range` of chunk `index`: zeros for an elided zero chunk or past the disk's end, else through the cache.
+    private func readChunk(_ index: Int, range: Range<Int>) async throws(BlockDeviceError) -> ByteBuffer {
+        guard index < manifest.chunkCount, let id = manifest.chunk(at: index) else {
+            return ByteBuffer(repeating: 0, count: range.count)
+        }
+        let chunkLength = manifest.length(ofChunk: index)
+        let available = max(0, min(range.upperBound, chunkLength) - range.lowerBound)
+        guard available > 0 else { return ByteBuffer(repeating: 0, count: range.count) }
+        var data: ByteBuffer
+        do {
+            data = try await cache.read(
+                id, chunkLength: chunkLength, range: range.lowerBound..<(range.lowerBound + available),
+                source: source)
+        } catch {
+            logger.error(
+                "read failed",
+                metadata: ["chunk": "\(index)", "error": "\(error)", "disk": "\(manifest.name)"])
+            throw .readFailed("disk \(manifest.name) chunk \(index): \(error)")
+        }
+        if available < range.count { data.writeRepeatingByte(0, count: range.count - available) }
+        return data
+    }
+
+    /// Stages the next chunks in the background when reads are sequential, so a streaming reader (a restore, a
+    /// relocation, `dd`) keeps several fetches in flight instead of waiting on one chunk at a time.
+    private func noteRead(chunk: Int, offset: UInt64, length: Int) {
+        guard readaheadChunks > 0 else { return }
+        let toStage: Range<Int>? = readahead.withLock { state in
+            defer { state.lastEnd = offset + UInt64(length) }
+            guard state.lastEnd == offset else {
+                state.frontier = chunk + 1
+                return nil
+            }
+            let from = max(state.frontier, chunk + 1)
+            let to = min(chunk + 1 + readaheadChunks, manifest.chunkCount)
+            guard from < to else { return nil }
+            state.frontier = to
+            return from..<to
+        }
+        guard let toStage else { return }
+        for index in toStage {
+            guard let id = manifest.chunk(at: index), !cache.contains(id) else { continue }
+            let length = manifest.length(ofChunk: index)
+            let cache = self.cache
+            let source = self.source
+            Task { _ = try? await cache.stage(id, chunkLength: length, source: source, priority: .background) }
+        }
+    }
+
+    // MARK: - Writes
+
+    public func write(offset: UInt64, data: ByteBuffer, fua: Bool) async throws(BlockDeviceError) {
+        guard let overlay else { throw .writeProtected("live mount of \(manifest.name) is read-only") }
+        try await overlay.write(offset: offset, data: data, fua: fua)
+    }
+
+    public func flush() async throws(BlockDeviceError) {
+        try await overlay?.flush()
+    }
+
+    public func unmap(offset: UInt64, length: Int) async throws(BlockDeviceError) {
+        guard let overlay else { throw .writeProtected("live mount of \(manifest.name) is read-only") }
+        try await overlay.unmap(offset: offset, length: length)
+    }
+
+    /// Deallocated: what the guest unmapped, and the backup's zero chunks it has not written over
+    /// (SBC-4 §5.8, GET LBA STATUS).
+    public func allocationStatus(offset: UInt64, length: Int) async throws(BlockDeviceError) -> [AllocationExtent] {
+        let extents =
+            overlay?.extents(offset: offset, length: length)
+            ?? [OverlayExtent(offset: offset, length: length, kind: .absent)]
+        var result: [AllocationExtent] = []
+        func append(_ start: UInt64, _ count: UInt64, _ status: AllocationExtent.Status) {
+            guard count > 0 else { return }
+            if let lastIndex = result.indices.last, result[lastIndex].status == status,
+                result[lastIndex].offset + result[lastIndex].length == start
+            {
+                result[lastIndex].length += count
+            } else {
+                result.append(AllocationExtent(offset: start, length: count, status: status))
+            }
+        }
+        let chunkSize = UInt64(manifest.chunkSize)
+        for extent in extents {
+            switch extent.kind {
+            case .data: append(extent.offset, UInt64(extent.length), .mapped)
+            case .zero: append(extent.offset, UInt64(extent.length), .deallocated)
+            case .absent:
+                var position = extent.offset
+                let end = extent.offset + UInt64(extent.length)
+                while position < end {
+                    let index = Int(position / chunkSize)
+                    let chunkEnd = min(end, (UInt64(index) + 1) * chunkSize)
+                    let present = index < manifest.chunkCount && manifest.chunk(at: index) != nil
+                    append(position, chunkEnd - position, present ? .mapped : .deallocated)
+                    position = chunkEnd
+                }
+            }
+        }
+        return result
+    }
+
+    /// Makes the guest's writes durable (a clean shutdown loses nothing), then closes the overlay.
+    public func close() async {
+        do {
+            try await overlay?.flush()
+        } catch {
+            logger.error("flushing the overlay at close failed", metadata: ["error": "\(error)"])
+        }
+        await overlay?.close()
+    }
+}

@@ -1,0 +1,330 @@
+import BlockDevice
+import Cache
+import Foundation
+import Logging
+import Repository
+import SQLiteStore
+import Synchronization
+
+// MARK: - Records
+
+/// One live mount as the daemon remembers it across restarts.
+public struct MountRecord: Sendable, Equatable, Codable {
+    /// Where a mount came from: the configuration file or command line (reopened from it at each start), or
+    /// the control API (reopened from the registry).
+    public enum Origin: String, Sendable, Codable {
+        case configuration
+        case api
+    }
+
+    /// `mounted`: served as a LUN. `kept`: unmounted with its overlay kept; a later mount of the same backup
+    /// disk resumes it.
+    public enum State: String, Sendable, Codable {
+        case mounted
+        case kept
+    }
+
+    public var id: Int64
+    public var target: String
+    public var lun: UInt64
+    /// What was asked for (`web01`, `web01@3/disk1`): a configuration LUN is reopened while this stays the same.
+    public var reference: String
+    public var backupID: Int64
+    public var vm: String
+    public var disk: String
+    public var readOnly: Bool
+    public var origin: Origin
+    public var state: State
+    /// Seconds since 1970 when it was first mounted.
+    public var createdAt: Int64
+}
+
+/// Why a mount could not be made, found or removed; the message names what was wrong.
+public struct MountError: Error, Sendable, CustomStringConvertible {
+    public enum Code: Sendable {
+        /// Unknown VM, backup id or disk.
+        case notFound
+        /// The target and LUN are taken, or the backup is in use.
+        case conflict
+        /// Files could not be created or opened.
+        case failed
+    }
+
+    public var code: Code
+    public var description: String
+
+    public init(_ code: Code, _ description: String) {
+        self.code = code
+        self.description = description
+    }
+}
+
+// MARK: - Manager
+
+/// Opens live mounts: resolves a backup disk in the repository, opens (or resumes) its write overlay, builds
+/// the `LiveMountDevice`, and records the mount in `mounts.sqlite` so it comes back after a restart.
+///
+/// Each mount holds its backup in the repository (`addHold`), so `livemount backup delete` refuses to delete a
+/// backup that is being served.
+public final class MountManager: Sendable {
+    public let repository: BackupRepository
+    public let source: any ChunkSource
+    public let cache: ChunkCache
+    /// Where overlays (`mount-ID.data`, `mount-ID.map`) and `mounts.sqlite` live.
+    public let directory: String
+    private let database: SQLiteDatabase
+    private let logger: Logger
+    private let overlayDirect: Bool
+
+    static let migrations = [
+        Migration(
+            name: "v1-mounts",
+            sql: """
+                CREATE TABLE mounts (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT,
+                    target TEXT NOT NULL,
+                    lun INTEGER NOT NULL,
+                    reference TEXT NOT NULL,
+                    backup_id INTEGER NOT NULL,
+                    vm TEXT NOT NULL,
+                    disk TEXT NOT NULL,
+                    read_only INTEGER NOT NULL,
+                    origin TEXT NOT NULL,
+                    state TEXT NOT NULL,
+                    created_at INTEGER NOT NULL
+                );
+                CREATE UNIQUE INDEX mounts_lun ON mounts(target, lun) WHERE state = 'mounted';
+                """)
+    ]
+
+    /// Opens (creating) the registry in `directory`.
+    public init(
+        repository: BackupRepository, source: any ChunkSource, cache: ChunkCache, directory: String,
+        overlayDirect: Bool = true, logger: Logger
+    ) throws(MountError) {
+        self.repository = repository
+        self.source = source
+        self.cache = cache
+        self.directory = directory
+        self.logger = logger
+        self.overlayDirect = overlayDirect
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            database = try SQLiteDatabase(
+                path: directory + "/mounts.sqlite", options: .init(journalMode: .wal, synchronous: .full))
+            _ = try database.migrate(Self.migrations)
+        } catch {
+            throw MountError(.failed, "cannot open the mount registry in \(directory): \(error)")
+        }
+    }
+
+    // MARK: Queries
+
+    /// Every remembered mount, mounted ones first, by target and LUN.
+    public func records() throws(MountError) -> [MountRecord] {
+        try select("SELECT * FROM mounts ORDER BY state DESC, target, lun, id", [])
+    }
+
+    /// The mount serving `lun` of `target`, if any.
+    public func record(target: String, lun: UInt64) throws(MountError) -> MountRecord? {
+        try select("SELECT * FROM mounts WHERE state = 'mounted' AND target = ? AND lun = ?", [target, Int64(lun)])
+            .first
+    }
+
+    // MARK: Mounting
+
+    /// Mounts `reference` (`VM`, `VM@ID`, with an optional disk) as `lun` of `target` and returns the device to
+    /// add to the target. A configuration LUN whose reference is unchanged reopens its previous mount (same
+    /// backup, same overlay); one whose reference changed keeps the old overlay aside (`kept`) and starts anew.
+    public func mount(
+        target: String, lun: UInt64, vm: String, backupID: Int64?, disk: String?, readOnly: Bool,
+        origin: MountRecord.Origin, blockSize: Int = 512
+    ) async throws(MountError) -> (MountRecord, LiveMountDevice) {
+        let reference = vm + (backupID.map { "@\($0)" } ?? "") + (disk.map { "/\($0)" } ?? "")
+        if let existing = try record(target: target, lun: lun) {
+            if origin == .configuration, existing.origin == .configuration, existing.reference == reference,
+                existing.readOnly == readOnly
+            {
+                return (existing, try await open(existing, blockSize: blockSize))
+            }
+            guard origin == .configuration else {
+                throw MountError(
+                    .conflict,
+                    "LUN \(lun) of target \(target) is in use (backup \(existing.vm)@\(existing.backupID)/\(existing.disk))"
+                )
+            }
+            logger.warning(
+                "configuration changed the backup of a LUN; keeping its previous overlay",
+                metadata: ["target": "\(target)", "lun": "\(lun)", "was": "\(existing.reference)", "now": "\(reference)"])
+            try setState(existing.id, .kept)
+        }
+
+        let backup: BackupInfo
+        let manifest: DiskManifest
+        do {
+            backup = try repository.resolve(vm: vm, backupID: backupID)
+            manifest = try repository.manifest(backupID: backup.id, disk: disk)
+        } catch {
+            throw MountError(.notFound, "\(error)")
+        }
+        // A kept overlay of the same backup disk is resumed, so an unmount that kept it loses nothing.
+        let kept = readOnly ? nil : try select(
+            "SELECT * FROM mounts WHERE state = 'kept' AND backup_id = ? AND disk = ? AND read_only = 0 ORDER BY id DESC",
+            [backup.id, manifest.name]
+        ).first
+        var record: MountRecord
+        do {
+            if var resumed = kept {
+                _ = try database.run(
+                    "UPDATE mounts SET target = ?, lun = ?, reference = ?, origin = ?, state = 'mounted' WHERE id = ?",
+                    [target, Int64(lun), reference, origin.rawValue, resumed.id])
+                resumed.target = target
+                resumed.lun = lun
+                resumed.reference = reference
+                resumed.origin = origin
+                resumed.state = .mounted
+                record = resumed
+                logger.info("resuming kept overlay", metadata: ["mount": "\(resumed.id)"])
+            } else {
+                let now = Int64(Date().timeIntervalSince1970)
+                let id = try database.insert(
+                    """
+                    INSERT INTO mounts (target, lun, reference, backup_id, vm, disk, read_only, origin, state, created_at)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'mounted', ?)
+                    """,
+                    [
+                        target, Int64(lun), reference, backup.id, backup.vm, manifest.name, readOnly, origin.rawValue,
+                        now,
+                    ])
+                record = MountRecord(
+                    id: id, target: target, lun: lun, reference: reference, backupID: backup.id, vm: backup.vm,
+                    disk: manifest.name, readOnly: readOnly, origin: origin, state: .mounted, createdAt: now)
+            }
+        } catch {
+            throw MountError(.failed, "cannot record the mount: \(error)")
+        }
+        do {
+            return (record, try await open(record, manifest: manifest, blockSize: blockSize))
+        } catch {
+            if kept == nil { _ = try? database.run("DELETE FROM mounts WHERE id = ?", [record.id]) }
+            throw error
+        }
+    }
+
+    /// Reopens every mount the control API made (at daemon start). A mount that no longer opens (its backup
+    /// was removed behind our back) is logged and skipped, not fatal.
+    public func restoreAPIMounts(blockSize: Int = 512) async -> [(MountRecord, LiveMountDevice)] {
+        let records = (try? select("SELECT * FROM mounts WHERE state = 'mounted' AND origin = 'api' ORDER BY id", []))
+            ?? []
+        var result: [(MountRecord, LiveMountDevice)] = []
+        for record in records {
+            do {
+                result.append((record, try await open(record, blockSize: blockSize)))
+            } catch {
+                logger.error("cannot restore mount", metadata: ["mount": "\(record.id)", "error": "\(error)"])
+            }
+        }
+        return result
+    }
+
+    /// Opens a recorded mount's overlay and device.
+    private func open(_ record: MountRecord, manifest known: DiskManifest? = nil, blockSize: Int) async throws(MountError)
+        -> LiveMountDevice
+    {
+        let manifest: DiskManifest
+        do {
+            manifest = try known ?? repository.manifest(backupID: record.backupID, disk: record.disk)
+            try repository.addHold(backupID: record.backupID, holder: holder(record.id))
+        } catch {
+            throw MountError(.notFound, "\(error)")
+        }
+        var overlay: WriteOverlay?
+        if !record.readOnly {
+            guard manifest.size % UInt64(blockSize) == 0 else {
+                throw MountError(
+                    .failed,
+                    "disk \(manifest.name) is \(manifest.size) bytes, not a whole number of \(blockSize)-byte blocks: "
+                        + "mount it read-only")
+            }
+            do {
+                overlay = try await WriteOverlay.open(
+                    dataPath: overlayPath(record.id, "data"), mapPath: overlayPath(record.id, "map"),
+                    size: manifest.size, blockSize: blockSize, direct: overlayDirect, logger: logger)
+            } catch {
+                throw MountError(.failed, "cannot open the write overlay of mount \(record.id): \(error)")
+            }
+        }
+        return LiveMountDevice(
+            manifest: manifest, source: source, cache: cache, overlay: overlay, blockSize: blockSize, logger: logger)
+    }
+
+    // MARK: Unmounting
+
+    /// Forgets the mount serving `lun` of `target` after the caller removed it from the target and closed its
+    /// device. With `keepOverlay` the guest's writes stay on disk for a later mount of the same backup disk;
+    /// otherwise they are deleted.
+    public func unmount(target: String, lun: UInt64, keepOverlay: Bool) async throws(MountError) -> MountRecord {
+        guard let record = try record(target: target, lun: lun) else {
+            throw MountError(.notFound, "no live mount on LUN \(lun) of target \(target)")
+        }
+        if keepOverlay && !record.readOnly {
+            try setState(record.id, .kept)
+        } else {
+            removeOverlayFiles(record.id)
+            do {
+                _ = try database.run("DELETE FROM mounts WHERE id = ?", [record.id])
+            } catch {
+                throw MountError(.failed, "cannot update the mount registry: \(error)")
+            }
+        }
+        do {
+            try repository.removeHold(backupID: record.backupID, holder: holder(record.id))
+        } catch {
+            logger.warning("cannot release the backup hold", metadata: ["error": "\(error)"])
+        }
+        var result = record
+        result.state = keepOverlay && !record.readOnly ? .kept : record.state
+        return result
+    }
+
+    // MARK: Helpers
+
+    private func holder(_ id: Int64) -> String { "livemountd mount \(id) (\(directory))" }
+
+    private func overlayPath(_ id: Int64, _ kind: String) -> String { "\(directory)/mount-\(id).\(kind)" }
+
+    private func removeOverlayFiles(_ id: Int64) {
+        for suffix in ["data", "map", "map-wal", "map-shm"] {
+            unlink(overlayPath(id, suffix))
+        }
+    }
+
+    private func setState(_ id: Int64, _ state: MountRecord.State) throws(MountError) {
+        do {
+            _ = try database.run("UPDATE mounts SET state = ? WHERE id = ?", [state.rawValue, id])
+        } catch {
+            throw MountError(.failed, "cannot update the mount registry: \(error)")
+        }
+    }
+
+    private func select(_ sql: String, _ bindings: [any SQLiteBindable]) throws(MountError) -> [MountRecord] {
+        let rows: [SQLiteRow]
+        do {
+            rows = try database.query(sql, bindings)
+        } catch {
+            throw MountError(.failed, "cannot read the mount registry: \(error)")
+        }
+        return rows.compactMap { row in
+            guard let id = row.int64("id"), let target = row.string("target"), let lun = row.int64("lun"),
+                let reference = row.string("reference"), let backupID = row.int64("backup_id"),
+                let vm = row.string("vm"), let disk = row.string("disk"), let readOnly = row.int64("read_only"),
+                let origin = row.string("origin").flatMap(MountRecord.Origin.init(rawValue:)),
+                let state = row.string("state").flatMap(MountRecord.State.init(rawValue:)),
+                let created = row.int64("created_at")
+            else { return nil }
+            return MountRecord(
+                id: id, target: target, lun: UInt64(lun), reference: reference, backupID: backupID, vm: vm, disk: disk,
+                readOnly: readOnly != 0, origin: origin, state: state, createdAt: created)
+        }
+    }
+}

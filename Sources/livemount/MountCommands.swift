@@ -1,0 +1,201 @@
+import ArgumentParser
+import ControlPlane
+import Foundation
+
+// MARK: - Talking to the daemon
+
+/// Where the daemon's control socket is: `--socket`, else $LIVEMOUNT_SOCKET, else the default state directory of
+/// conf/livemount.toml.
+struct DaemonOptions: ParsableArguments {
+    @Option(
+        help: ArgumentHelp(
+            "livemountd's control socket (default: $LIVEMOUNT_SOCKET, else /var/tmp/livemount/state/control.sock).",
+            valueName: "path"))
+    var socket: String?
+
+    var socketPath: String {
+        socket ?? ProcessInfo.processInfo.environment["LIVEMOUNT_SOCKET"] ?? "/var/tmp/livemount/state/control.sock"
+    }
+
+    /// Sends one call; prints the daemon's error message and exits 1 when it fails.
+    func call(_ method: String, _ path: String, body: [UInt8] = []) async throws -> [UInt8] {
+        let response: ControlResponse
+        do {
+            response = try await ControlClient(socketPath: socketPath).send(method, path, body: body)
+        } catch {
+            throw CLIError(error.message)
+        }
+        guard (200..<300).contains(response.status) else {
+            let message = (try? JSONDecoder().decode(ErrorBody.self, from: Data(response.body)))?.error
+            throw CLIError(message ?? "livemountd answered HTTP \(response.status)")
+        }
+        return response.body
+    }
+}
+
+/// A failure the tool reports as `livemount: MESSAGE` with exit status 1.
+struct CLIError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// A mount as the daemon reports it.
+struct MountSummary: Codable {
+    var id: Int64
+    var target: String
+    var lun: UInt64
+    var vm: String
+    var backupID: Int64
+    var disk: String
+    var readOnly: Bool
+    var origin: String
+    var state: String
+
+    var line: String {
+        let where_ = state == "mounted" ? "\(target) LUN \(lun)" : "(unmounted, overlay kept)"
+        return "\(where_)  \(vm)@\(backupID)/\(disk)  \(readOnly ? "ro" : "rw")  \(origin)  mount \(id)"
+    }
+}
+
+// MARK: - Commands
+
+/// `livemount mount BACKUP --target IQN [--lun N] [--disk NAME] [--read-only]`.
+struct MountCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "mount",
+        abstract: "Live-mount a backup disk as a LUN of a running target.",
+        discussion: """
+            BACKUP is VM (its latest backup) or VM@ID. Guest writes go to a persistent overlay; the backup is
+            never changed. The daemon remembers the mount across restarts. An overlay kept by an earlier
+            unmount of the same backup disk is resumed.
+            """)
+
+    @OptionGroup var daemon: DaemonOptions
+
+    @Argument(help: ArgumentHelp("VM or VM@ID.", valueName: "backup"))
+    var backup: String
+
+    @Option(help: ArgumentHelp("The disk of the backup (default: its first disk).", valueName: "name"))
+    var disk: String?
+
+    @Option(help: ArgumentHelp("The target to add the LUN to.", valueName: "iqn"))
+    var target: String
+
+    @Option(help: ArgumentHelp("LUN number (default: the lowest free one).", valueName: "n"))
+    var lun: UInt64?
+
+    @Flag(name: .customLong("read-only"), help: "Serve it read-only (no overlay).")
+    var readOnly = false
+
+    func run() async throws {
+        var body: [String: Any] = ["backup": backup, "target": target, "readOnly": readOnly]
+        if let disk { body["disk"] = disk }
+        if let lun { body["lun"] = lun }
+        let data = try JSONSerialization.data(withJSONObject: body)
+        let answer = try await daemon.call("POST", "/v1/mounts", body: Array(data))
+        let mount = try JSONDecoder().decode(MountSummary.self, from: Data(answer))
+        print("mounted \(mount.vm)@\(mount.backupID)/\(mount.disk) as LUN \(mount.lun) of \(mount.target)")
+    }
+}
+
+/// `livemount unmount --target IQN --lun N [--discard-overlay]`.
+struct UnmountCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "unmount",
+        abstract: "Remove a live-mounted LUN; its overlay is kept unless --discard-overlay.")
+
+    @OptionGroup var daemon: DaemonOptions
+
+    @Option(help: ArgumentHelp("The target.", valueName: "iqn"))
+    var target: String
+
+    @Option(help: ArgumentHelp("The LUN.", valueName: "n"))
+    var lun: UInt64
+
+    @Flag(name: .customLong("discard-overlay"), help: "Delete the guest's writes instead of keeping them.")
+    var discardOverlay = false
+
+    func run() async throws {
+        let path =
+            "/v1/mounts/\(target.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed) ?? target)/\(lun)"
+            + "?overlay=\(discardOverlay ? "discard" : "keep")"
+        _ = try await daemon.call("DELETE", path)
+        print("unmounted LUN \(lun) of \(target) (overlay \(discardOverlay ? "discarded" : "kept"))")
+    }
+}
+
+/// `livemount mounts`.
+struct MountsCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "mounts", abstract: "List live mounts and kept overlays.")
+
+    @OptionGroup var daemon: DaemonOptions
+
+    @Flag(help: "Print the daemon's JSON.")
+    var json = false
+
+    func run() async throws {
+        let answer = try await daemon.call("GET", "/v1/mounts")
+        if json {
+            print(String(decoding: answer, as: UTF8.self))
+            return
+        }
+        let mounts = try JSONDecoder().decode([MountSummary].self, from: Data(answer))
+        if mounts.isEmpty { print("no live mounts") }
+        for mount in mounts { print(mount.line) }
+    }
+}
+
+/// `livemount status`.
+struct StatusCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "status", abstract: "Show the daemon's targets, mounts and cache.")
+
+    @OptionGroup var daemon: DaemonOptions
+
+    @Flag(help: "Print the daemon's JSON.")
+    var json = false
+
+    struct Status: Codable {
+        struct Target: Codable {
+            var name: String
+            var luns: [UInt64]
+        }
+        struct Cache: Codable {
+            var hits: UInt64
+            var misses: UInt64
+            var fetches: UInt64
+            var bytesFetched: UInt64
+            var evictions: UInt64
+            var slotsUsed: Int
+            var slotCount: Int
+        }
+        var sessions: Int
+        var targets: [Target]
+        var mounts: [MountSummary]
+        var cache: Cache?
+    }
+
+    func run() async throws {
+        let answer = try await daemon.call("GET", "/v1/status")
+        if json {
+            print(String(decoding: answer, as: UTF8.self))
+            return
+        }
+        let status = try JSONDecoder().decode(Status.self, from: Data(answer))
+        print("sessions: \(status.sessions)")
+        for target in status.targets {
+            print("target \(target.name): LUNs \(target.luns.map(String.init).joined(separator: ", "))")
+        }
+        for mount in status.mounts { print("  " + mount.line) }
+        if let cache = status.cache {
+            let total = cache.hits + cache.misses
+            let rate = total == 0 ? 0 : Double(cache.hits) * 100 / Double(total)
+            print(
+                String(
+                    format: "cache: %d/%d slots, hit rate %.1f%% (%llu hits, %llu misses), %llu fetches, %.1f MiB fetched, %llu evictions",
+                    cache.slotsUsed, cache.slotCount, rate, cache.hits, cache.misses, cache.fetches,
+                    Double(cache.bytesFetched) / 1_048_576, cache.evictions))
+        }
+    }
+}

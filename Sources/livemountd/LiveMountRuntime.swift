@@ -1,0 +1,265 @@
+import BlockDevice
+import Cache
+import ControlPlane
+import Foundation
+import LiveMount
+import LiveMountConfig
+import Logging
+import Repository
+import SCSI
+import TargetServer
+
+/// The backup side of the daemon: the repository, the SSD-tier cache and the mount registry, opened when the
+/// configuration has a `[repository]` and a `[cache]`.
+final class LiveMountRuntime: Sendable {
+    let repository: BackupRepository
+    let cache: ChunkCache
+    let mounts: MountManager
+
+    private init(repository: BackupRepository, cache: ChunkCache, mounts: MountManager) {
+        self.repository = repository
+        self.cache = cache
+        self.mounts = mounts
+    }
+
+    /// Opens the repository (throttled as configured), the cache file and the registry. Overlays and
+    /// `mounts.sqlite` go in the state directory, or beside the cache file (`CACHE.state/`) without one.
+    static func open(_ configuration: DaemonConfiguration, logger: Logger) async throws -> LiveMountRuntime? {
+        guard let repositorySettings = configuration.repository, let cacheSettings = configuration.cache else {
+            return nil
+        }
+        let repository = try BackupRepository.open(path: repositorySettings.path, logger: logger)
+        var source: any ChunkSource = repository.chunkSource
+        if repositorySettings.readLatencyMilliseconds > 0 || repositorySettings.readBandwidthMiBPerSecond > 0 {
+            let bandwidth = repositorySettings.readBandwidthMiBPerSecond
+            source = ThrottledChunkSource(
+                base: source,
+                throttle: ReadThrottle(
+                    latency: .milliseconds(repositorySettings.readLatencyMilliseconds),
+                    bandwidthBytesPerSecond: bandwidth > 0 ? bandwidth << 20 : nil))
+        }
+        let cache = try await ChunkCache.open(
+            CacheConfiguration(
+                dataPath: cacheSettings.path, indexPath: cacheSettings.path + ".index", capacity: cacheSettings.size,
+                direct: cacheSettings.direct),
+            logger: logger)
+        let directory = configuration.stateDirectory.map { $0 + "/mounts" } ?? cacheSettings.path + ".state"
+        let mounts = try MountManager(
+            repository: repository, source: source, cache: cache, directory: directory,
+            overlayDirect: cacheSettings.direct, logger: logger)
+        return LiveMountRuntime(repository: repository, cache: cache, mounts: mounts)
+    }
+
+    /// Opens a configured LUN: a live mount for `backup =` LUNs, the image or device otherwise.
+    func openDevice(target: TargetDefinition, unit: LogicalUnitDefinition) async throws -> any BlockDevice {
+        guard let backup = unit.backup else {
+            return try LiveMountConfig.openDevice(
+                path: unit.path, readOnly: unit.readOnly, direct: unit.direct, blockSize: unit.blockSize)
+        }
+        let (_, device) = try await mounts.mount(
+            target: target.name, lun: unit.lun, vm: backup.vm, backupID: backup.backupID, disk: backup.disk,
+            readOnly: unit.readOnly, origin: .configuration, blockSize: unit.blockSize)
+        return device
+    }
+}
+
+// MARK: - Control API routes
+
+/// `POST /v1/mounts`.
+struct MountRequest: Codable, Sendable {
+    /// `VM` or `VM@ID`.
+    var backup: String
+    var disk: String?
+    var target: String
+    /// nil = the lowest free LUN of the target.
+    var lun: UInt64?
+    var readOnly: Bool?
+}
+
+/// `GET /v1/status`.
+struct StatusBody: Codable, Sendable {
+    struct Target: Codable, Sendable {
+        var name: String
+        var luns: [UInt64]
+    }
+    struct CacheBody: Codable, Sendable {
+        var hits: UInt64
+        var misses: UInt64
+        var fetches: UInt64
+        var bytesFetched: UInt64
+        var evictions: UInt64
+        var slotsUsed: Int
+        var slotCount: Int
+    }
+    var sessions: Int
+    var targets: [Target]
+    var mounts: [MountRecord]
+    var cache: CacheBody?
+}
+
+/// Answers the control API: mounts (list, mount, unmount) and status. Mounting adds the LUN to a running
+/// target; existing sessions see REPORTED LUNS DATA HAS CHANGED (SPC-4 §6.33).
+struct ControlRoutes: Sendable {
+    let server: ISCSITargetServer
+    let runtime: LiveMountRuntime?
+    let logger: Logger
+
+    func handle(_ request: ControlRequest) async -> ControlResponse {
+        do throws(ControlError) {
+            switch (request.method, request.pathSegments) {
+            case ("GET", ["v1", "status"]): return .json(try status())
+            case ("GET", ["v1", "mounts"]): return .json(try requireRuntime().mounts.records().map(MountBody.init))
+            case ("POST", ["v1", "mounts"]):
+                return .json(try await mount(try request.decode(MountRequest.self)), status: 201)
+            case ("DELETE", ["v1", "mounts", let target, let lunText]):
+                guard let lun = UInt64(lunText) else { throw ControlError(status: 400, "\"\(lunText)\" is not a LUN") }
+                let overlay = request.query["overlay"] ?? "keep"
+                guard overlay == "keep" || overlay == "discard" else {
+                    throw ControlError(status: 400, "overlay=\(overlay): expected keep or discard")
+                }
+                return .json(try await unmount(target: target, lun: lun, keepOverlay: overlay == "keep"))
+            default:
+                throw ControlError(status: 404, "no such call: \(request.method) /\(request.pathSegments.joined(separator: "/"))")
+            }
+        } catch {
+            return .error(error)
+        }
+    }
+
+    private func requireRuntime() throws(ControlError) -> LiveMountRuntime {
+        guard let runtime else {
+            throw ControlError(
+                status: 409, "this daemon has no backup repository: configure [repository] and [cache] (or --repo/--cache)")
+        }
+        return runtime
+    }
+
+    private func status() throws(ControlError) -> StatusBody {
+        let targets = server.targetNames.map { name in
+            StatusBody.Target(name: name, luns: server.scsiTarget(named: name)?.luns ?? [])
+        }
+        var cacheBody: StatusBody.CacheBody?
+        var mounts: [MountRecord] = []
+        if let runtime {
+            let s = runtime.cache.statistics
+            cacheBody = StatusBody.CacheBody(
+                hits: UInt64(s.hits), misses: UInt64(s.misses), fetches: UInt64(s.fetches),
+                bytesFetched: UInt64(s.bytesFetched), evictions: UInt64(s.evictions), slotsUsed: Int(s.slotsUsed),
+                slotCount: Int(s.slotCount))
+            do {
+                mounts = try runtime.mounts.records()
+            } catch {
+                throw ControlError(status: 500, "\(error)")
+            }
+        }
+        return StatusBody(sessions: server.sessionCount, targets: targets, mounts: mounts, cache: cacheBody)
+    }
+
+    private func mount(_ request: MountRequest) async throws(ControlError) -> MountBody {
+        let runtime = try requireRuntime()
+        guard let scsi = server.scsiTarget(named: request.target) else {
+            throw ControlError(
+                status: 404,
+                "unknown target \(request.target) (served: \(server.targetNames.joined(separator: ", ")))")
+        }
+        let reference: BackupReference
+        switch BackupReference.parse(request.backup) {
+        case .success(let value): reference = value
+        case .failure(let problem): throw ControlError(status: 400, "backup: \(problem)")
+        }
+        let used = Set(scsi.luns)
+        let lun: UInt64
+        if let requested = request.lun {
+            guard requested <= 16383 else { throw ControlError(status: 400, "LUN \(requested) out of range (0-16383)") }
+            guard !used.contains(requested) else {
+                throw ControlError(status: 409, "LUN \(requested) of target \(request.target) is in use")
+            }
+            lun = requested
+        } else {
+            guard let free = (0...16383).lazy.map(UInt64.init).first(where: { !used.contains($0) }) else {
+                throw ControlError(status: 409, "target \(request.target) has no free LUN")
+            }
+            lun = free
+        }
+        let record: MountRecord
+        let device: LiveMountDevice
+        do {
+            (record, device) = try await runtime.mounts.mount(
+                target: request.target, lun: lun, vm: reference.vm, backupID: reference.backupID,
+                disk: request.disk ?? reference.disk, readOnly: request.readOnly ?? false, origin: .api)
+        } catch {
+            throw ControlError(status: Self.status(of: error), error.description)
+        }
+        do {
+            try scsi.addLogicalUnit(
+                LogicalUnitConfiguration(
+                    lun: lun, device: device, readOnly: record.readOnly,
+                    serialNumber: DeviceIdentifiers.serialNumber(targetName: request.target, lun: lun),
+                    naaIdentifier: DeviceIdentifiers.naaIdentifier(targetName: request.target, lun: lun),
+                    product: "LiveMount backup"))
+        } catch {
+            await device.close()
+            _ = try? await runtime.mounts.unmount(target: request.target, lun: lun, keepOverlay: true)
+            throw ControlError(status: 409, "cannot add LUN \(lun) to \(request.target): \(error)")
+        }
+        logger.info(
+            "mounted", metadata: ["target": "\(request.target)", "lun": "\(lun)", "backup": "\(record.vm)@\(record.backupID)/\(record.disk)"])
+        return MountBody(record)
+    }
+
+    private func unmount(target: String, lun: UInt64, keepOverlay: Bool) async throws(ControlError) -> MountBody {
+        let runtime = try requireRuntime()
+        let existing: MountRecord?
+        do {
+            existing = try runtime.mounts.record(target: target, lun: lun)
+        } catch {
+            throw ControlError(status: 500, error.description)
+        }
+        guard existing != nil else { throw ControlError(status: 404, "no live mount on LUN \(lun) of target \(target)") }
+        if let scsi = server.scsiTarget(named: target), let device = scsi.device(lun: lun) {
+            scsi.removeLogicalUnit(lun: lun)
+            try? await device.flush()
+            await device.close()
+        }
+        do {
+            let record = try await runtime.mounts.unmount(target: target, lun: lun, keepOverlay: keepOverlay)
+            logger.info("unmounted", metadata: ["target": "\(target)", "lun": "\(lun)", "overlay": "\(keepOverlay ? "kept" : "discarded")"])
+            return MountBody(record)
+        } catch {
+            throw ControlError(status: Self.status(of: error), error.description)
+        }
+    }
+
+    private static func status(of error: MountError) -> Int {
+        switch error.code {
+        case .notFound: 404
+        case .conflict: 409
+        case .failed: 500
+        }
+    }
+}
+
+/// A mount as the API shows it.
+struct MountBody: Codable, Sendable {
+    var id: Int64
+    var target: String
+    var lun: UInt64
+    var vm: String
+    var backupID: Int64
+    var disk: String
+    var readOnly: Bool
+    var origin: String
+    var state: String
+
+    init(_ record: MountRecord) {
+        id = record.id
+        target = record.target
+        lun = record.lun
+        vm = record.vm
+        backupID = record.backupID
+        disk = record.disk
+        readOnly = record.readOnly
+        origin = record.origin.rawValue
+        state = record.state.rawValue
+    }
+}

@@ -1,0 +1,149 @@
+import BlockDevice
+import ControlPlane
+import Foundation
+import Repository
+import Testing
+
+/// livemountd as a process: what survives `kill -9`, and mounts made through the control API.
+@Suite("livemountd with live mounts", .serialized)
+struct DaemonTests {
+    /// A running livemountd serving backup LUNs, started on a free port.
+    final class Daemon: @unchecked Sendable {
+        let process = Process()
+        let port: Int
+        let output: Pipe
+
+        init(arguments: [String]) throws {
+            process.executableURL = URL(fileURLWithPath: builtProduct("livemountd"))
+            process.arguments = ["--listen", "127.0.0.1:0", "--log-level", "error"] + arguments
+            output = Pipe()
+            process.standardOutput = output
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            // The one line on standard output: "livemountd: listening on 127.0.0.1:PORT (...)".
+            var line = Data()
+            while !line.contains(UInt8(ascii: "\n")) {
+                let byte = output.fileHandleForReading.readData(ofLength: 1)
+                if byte.isEmpty { throw CLIFailure("livemountd exited before listening") }
+                line += byte
+            }
+            let text = String(decoding: line, as: UTF8.self)
+            guard let range = text.range(of: "127.0.0.1:"),
+                let port = Int(text[range.upperBound...].prefix { $0.isNumber })
+            else { throw CLIFailure("unexpected first line: \(text)") }
+            self.port = port
+        }
+
+        func url(_ lun: UInt64) -> String { "iscsi://127.0.0.1:\(port)/\(DaemonTests.target)/\(lun)" }
+
+        /// `kill -9`: no flush, no clean shutdown.
+        func kill9() {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+
+        func stop() {
+            process.terminate()
+            process.waitUntilExit()
+        }
+    }
+
+    struct CLIFailure: Error, CustomStringConvertible {
+        var description: String
+        init(_ description: String) { self.description = description }
+    }
+
+    static let target = "iqn.2026-11.org.livemount:daemon-test"
+
+    /// A repository with the sample disk, and the daemon arguments that serve it as LUN 0.
+    func prepare() async throws -> (Fixture, [String]) {
+        let fixture = try await Fixture.make()
+        await fixture.cache.close()
+        let arguments = [
+            "--target", Self.target, "--repo", fixture.repositoryPath, "--cache", fixture.scratch.path + "/daemon-cache.img,64M",
+            "--state-dir", fixture.scratch.path + "/daemon-state", "--lun", "0=backup:web01",
+        ]
+        return (fixture, arguments)
+    }
+
+    @Test("a write acknowledged after SYNCHRONIZE CACHE survives kill -9 of livemountd and a restart")
+    func syncedWriteSurvivesKill() async throws {
+        let (fixture, arguments) = try await prepare()
+        let daemon = try Daemon(arguments: arguments)
+        let url = daemon.url(0)
+        let synced = pattern(64 * 1024, seed: 77)
+        let fua = pattern(4096, seed: 78)
+        try await onThread {
+            let client = ISCSIClient()
+            try client.connect(url: url, initiatorName: "iqn.2026-11.org.livemount:writer")
+            defer { try? client.logout() }
+            try client.write(lba: 3000, data: synced)
+            try client.synchronizeCache()
+            try client.write(lba: 9000, data: fua, fua: true)
+        }
+        daemon.kill9()
+
+        let restarted = try Daemon(arguments: arguments)
+        defer { restarted.stop() }
+        let image = try await readWholeLUN(url: restarted.url(0))
+        var expected = fixture.disk
+        expected.replaceSubrange((3000 * 512)..<(3000 * 512 + synced.count), with: synced)
+        expected.replaceSubrange((9000 * 512)..<(9000 * 512 + fua.count), with: fua)
+        #expect(image == expected)
+    }
+
+    @Test("livemount mount/unmount through the control API; the daemon remembers mounts across restarts")
+    func controlAPIMounts() async throws {
+        let (fixture, arguments) = try await prepare()
+        let socket = fixture.scratch.path + "/daemon-state/control.sock"
+        let daemon = try Daemon(arguments: arguments)
+        let client = ControlClient(socketPath: socket)
+
+        // Errors name what was wrong.
+        let unknown = try await client.send(
+            "POST", "/v1/mounts", body: Array(#"{"backup":"nosuchvm","target":"\#(Self.target)"}"#.utf8))
+        #expect(unknown.status == 404)
+        #expect(String(decoding: unknown.body, as: UTF8.self).contains("nosuchvm"))
+        let taken = try await client.send(
+            "POST", "/v1/mounts", body: Array(#"{"backup":"web01","target":"\#(Self.target)","lun":0}"#.utf8))
+        #expect(taken.status == 409)
+        let badTarget = try await client.send(
+            "POST", "/v1/mounts", body: Array(#"{"backup":"web01","target":"iqn.2026-11.org.nope:x"}"#.utf8))
+        #expect(badTarget.status == 404)
+        let missingField = try await client.send("POST", "/v1/mounts", body: Array(#"{"target":"x"}"#.utf8))
+        #expect(missingField.status == 400)
+        #expect(String(decoding: missingField.body, as: UTF8.self).contains("backup"))
+
+        // The CLI mounts the backup read-only on the lowest free LUN (1).
+        let cli = try runCLI(["mount", "web01", "--target", Self.target, "--read-only", "--socket", socket])
+        #expect(cli.status == 0)
+        #expect(cli.output.contains("LUN 1"))
+        #expect(try await readWholeLUN(url: daemon.url(1)) == fixture.disk)
+        daemon.stop()
+
+        let restarted = try Daemon(arguments: arguments)
+        #expect(try await readWholeLUN(url: restarted.url(1)) == fixture.disk, "LUN 1 came back after the restart")
+        let list = try runCLI(["mounts", "--socket", socket])
+        #expect(list.output.contains("\(Self.target) LUN 1"))
+        let unmount = try runCLI(["unmount", "--target", Self.target, "--lun", "1", "--discard-overlay", "--socket", socket])
+        #expect(unmount.status == 0)
+        let again = try runCLI(["unmount", "--target", Self.target, "--lun", "1", "--socket", socket])
+        #expect(again.status != 0)
+        #expect(again.output.contains("no live mount on LUN 1"))
+        restarted.stop()
+    }
+
+    /// Runs the `livemount` tool; returns its exit status and standard output + error.
+    func runCLI(_ arguments: [String]) throws -> (status: Int32, output: String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: builtProduct("livemount"))
+        process.arguments = arguments
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        try process.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+    }
+}

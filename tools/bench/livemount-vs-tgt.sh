@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Benchmark (issue 3, acceptance 6): a live mount of a backup against tgt
+# serving the raw image, on 127.0.0.1 only.
+#
+#   tools/bench/livemount-vs-tgt.sh [-r ROUNDS] [-s SECONDS] [-z IMAGE_MIB] [-l LATENCY_MS]
+#
+# 1. Warm cache: the image (random data) is backed up into a scratch
+#    repository and live-mounted by livemountd with an SSD-tier cache larger
+#    than the disk; the LUN is read once so every chunk is cached; then
+#    iscsi-perf (libiscsi) runs 4 KiB random reads at QD32 and QD1 and 128 KiB
+#    sequential reads at QD16 against the live mount and against tgt serving
+#    the raw image (its default rdwr backing store, page cache), alternating
+#    round by round. Prints IOPS and the livemount/tgt ratio. Goal: >= 1.0.
+# 2. Cold full read: the daemon restarts with a fresh cache and LATENCY_MS
+#    (default 10) injected per chunk read; `livemount lun read` reads the whole
+#    LUN sequentially, 1 MiB per command, and its SHA-256 is checked against
+#    the image's. Prints the rate, the chunk fetch count and the bound a
+#    strictly serial fetcher would reach (chunk size / latency): the ratio
+#    shows the fetch parallelism (readahead) achieved.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+rounds=3; seconds=5; size=1024; latency=10
+while getopts "r:s:z:l:" opt; do
+  case $opt in r) rounds=$OPTARG ;; s) seconds=$OPTARG ;; z) size=$OPTARG ;; l) latency=$OPTARG ;; *) exit 2 ;; esac
+done
+tools/install-deps.sh
+swift build -c release --product livemountd >&2
+swift build -c release --product livemount >&2
+bindir="$(swift build -c release --show-bin-path)"
+
+work=$(mktemp -d /var/tmp/livemount-bench.XXXXXX)
+ctl=$((20 + RANDOM % 100))
+pids=(); daemon=""
+cleanup() {
+  tgtadm -C "$ctl" --op delete --mode system --force >/dev/null 2>&1 || true
+  [ -n "$daemon" ] && kill "$daemon" 2>/dev/null || true
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 0.5
+  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+echo "preparing a ${size} MiB image of random data and backing it up" >&2
+dd if=/dev/urandom of="$work/disk.img" bs=1M count="$size" status=none
+echo 'name = "bench"' >"$work/bench.conf"
+"$bindir/livemount" backup create --repo "$work/repo" --vm bench --config "$work/bench.conf" \
+  --disk "disk0=$work/disk.img" >&2
+image_sha=$(sha256sum "$work/disk.img" | cut -d' ' -f1)
+
+iqn_t=iqn.2026-11.org.livemount:bench-tgt
+iqn_l=iqn.2026-11.org.livemount:bench
+port_t=$(free_port); port_l=$(free_port)
+tgtd -f -C "$ctl" --iscsi "portal=127.0.0.1:$port_t" >"$work/tgtd.log" 2>&1 &
+pids+=($!)
+sleep 1
+tgtadm -C "$ctl" --lld iscsi --op new --mode target --tid 1 -T "$iqn_t"
+tgtadm -C "$ctl" --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -b "$work/disk.img"
+tgtadm -C "$ctl" --lld iscsi --op bind --mode target --tid 1 -I ALL
+
+start_daemon() { # extra livemountd arguments
+  rm -f "$work/livemountd.out"
+  "$bindir/livemountd" --listen "127.0.0.1:$port_l" --target "$iqn_l" --repo "$work/repo" \
+    --cache "$work/cache.img,$((size * 2))M" --state-dir "$work/state" --lun "1=backup:bench" \
+    --log-level warning "$@" >"$work/livemountd.out" 2>"$work/livemountd.err" &
+  daemon=$!
+  for _ in $(seq 1 100); do grep -q listening "$work/livemountd.out" 2>/dev/null && break; sleep 0.1; done
+  grep -q listening "$work/livemountd.out" || { cat "$work/livemountd.err"; exit 1; }
+}
+stop_daemon() { kill "$daemon"; wait "$daemon" 2>/dev/null || true; daemon=""; }
+cache_stats() { "$bindir/livemount" status --json --socket "$work/state/control.sock"; }
+
+# ---- 1. warm cache
+start_daemon
+echo "warming: $("$bindir/livemount" lun read "iscsi://127.0.0.1:$port_l/$iqn_l/1")" >&2
+cat "$work/disk.img" >/dev/null   # tgt's page cache, likewise
+
+run() { # url depth blocks random → prints average IOPS
+  local out
+  out=$(timeout $((seconds + 20)) iscsi-perf -m "$2" -b "$3" -t "$seconds" $4 "$1" 2>&1 | tr '\r' '\n' | grep -o 'iops average [0-9]*' | tail -1 | awk '{print $3}')
+  echo "${out:-0}"
+}
+declare -A sum
+workloads=("rand4k-qd32:32:8:-r" "rand4k-qd1:1:8:-r" "seq128k-qd16:16:256:")
+echo "== warm cache: live mount vs tgt on the raw image (iscsi-perf, ${seconds}s x ${rounds} rounds)"
+printf "%-14s %-6s %10s %10s\n" workload round tgt livemount
+for w in "${workloads[@]}"; do
+  IFS=: read -r name depth blocks flag <<<"$w"
+  for r in $(seq 1 "$rounds"); do
+    t=$(run "iscsi://127.0.0.1:$port_t/$iqn_t/1" "$depth" "$blocks" "$flag")
+    l=$(run "iscsi://127.0.0.1:$port_l/$iqn_l/1" "$depth" "$blocks" "$flag")
+    sum[$name.t]=$(( ${sum[$name.t]:-0} + t )); sum[$name.l]=$(( ${sum[$name.l]:-0} + l ))
+    printf "%-14s %-6s %10s %10s\n" "$name" "$r" "$t" "$l"
+  done
+done
+echo
+printf "%-14s %12s %12s %8s\n" workload tgt-iops livemount-iops ratio
+for w in "${workloads[@]}"; do
+  name=${w%%:*}
+  t=$(( ${sum[$name.t]} / rounds )); l=$(( ${sum[$name.l]} / rounds ))
+  ratio=$(python3 -c "print(f'{$l/$t:.2f}' if $t else 'n/a')")
+  printf "%-14s %12s %12s %8s\n" "$name" "$t" "$l" "$ratio"
+done
+echo "cache after the warm runs: $(cache_stats | python3 -c 'import json,sys; c=json.load(sys.stdin)["cache"]; print(f"hits {c["hits"]} misses {c["misses"]} fetches {c["fetches"]}")')"
+stop_daemon
+
+# ---- 2. cold full read with injected latency
+rm -f "$work/cache.img" "$work/cache.img.index"*
+start_daemon --repo-latency "$latency"
+echo
+echo "== cold full read, ${latency} ms injected per chunk read"
+line=$("$bindir/livemount" lun read "iscsi://127.0.0.1:$port_l/$iqn_l/1")
+echo "$line"
+stats=$(cache_stats)
+stop_daemon
+python3 - "$line" "$stats" "$image_sha" "$latency" <<'PY'
+import json, re, sys
+line, stats, image_sha, latency = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+m = re.search(r"(\d+) bytes in ([\d.]+) s \(([\d.]+) MiB/s\) sha256 (\w+)", line)
+rate, sha = float(m.group(3)), m.group(4)
+c = stats["cache"]
+serial = 1.0 / (latency / 1000.0)   # 1 MiB chunks, one fetch at a time
+print(f"sha256 matches the image: {sha == image_sha}")
+print(f"chunk fetches: {c['fetches']} ({c['bytesFetched'] / 1048576:.0f} MiB from the repository)")
+print(f"rate {rate:.1f} MiB/s vs a serial fetcher's bound {serial:.0f} MiB/s: {rate / serial:.1f}x (fetch parallelism)")
+if sha != image_sha: sys.exit(1)
+PY
