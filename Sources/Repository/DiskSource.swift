@@ -352,6 +352,12 @@ final class CurlHandle: @unchecked Sendable {
         let result = curl_easy_perform(curl)
         guard result == CURLE_OK else {
             if result == CURLE_WRITE_ERROR {
+                var status = 0
+                livemount_curl_getinfo_long(curl, CURLINFO_RESPONSE_CODE, &status)
+                if status == 200 && range != nil {
+                    throw RepositoryError.source(
+                        "HTTP disk source \(description) ignores Range requests (200 instead of 206): cannot read it by pieces")
+                }
                 throw RepositoryError.source("HTTP disk source \(description) sent more than the \(limit) bytes asked for")
             }
             let text = curl_easy_strerror(result).map { String(cString: $0) } ?? "error \(result.rawValue)"
