@@ -49,7 +49,7 @@ final class Catalog: Sendable {
                     created_at INTEGER NOT NULL,
                     PRIMARY KEY (backup_id, holder)
                 );
-                """),
+                """)
     ]
 
     /// Opens (creating) the catalog at `path` in WAL mode, synchronous FULL (a published backup is durable
@@ -278,7 +278,8 @@ final class Catalog: Sendable {
     func forgetUnreferencedChunks() throws(RepositoryError) -> Int {
         do {
             return try database.run(
-                "DELETE FROM chunks WHERE NOT EXISTS (SELECT 1 FROM disk_chunks WHERE disk_chunks.chunk_id = chunks.id)")
+                "DELETE FROM chunks WHERE NOT EXISTS (SELECT 1 FROM disk_chunks WHERE disk_chunks.chunk_id = chunks.id)"
+            )
         } catch {
             throw RepositoryError.catalog(error, "forget unreferenced chunks")
         }

@@ -4,7 +4,7 @@ import Dispatch
 import NIOCore
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 // MARK: - Chunk file format
@@ -89,7 +89,8 @@ enum ChunkFileFormat {
         switch codec {
         case .raw:
             guard file.count - headerSize == length else {
-                throw ChunkReadError(.corrupt, chunk: id, "raw payload of \(file.count - headerSize) bytes, expected \(length)")
+                throw ChunkReadError(
+                    .corrupt, chunk: id, "raw payload of \(file.count - headerSize) bytes, expected \(length)")
             }
             buffer.writeBytes(file[headerSize...])
         case .zstd:
@@ -275,9 +276,10 @@ public final class LocalChunkSource: ChunkSource {
         let store = self.store
         let result: Result<ByteBuffer, ChunkReadError> = await withCheckedContinuation { continuation in
             queue.async {
-                continuation.resume(returning: Result { () throws(ChunkReadError) -> ByteBuffer in
-                    try Self.readSync(store: store, id: id, length: length)
-                })
+                continuation.resume(
+                    returning: Result { () throws(ChunkReadError) -> ByteBuffer in
+                        try Self.readSync(store: store, id: id, length: length)
+                    })
             }
         }
         return try result.get()

@@ -3,7 +3,7 @@ import CCurl
 import Synchronization
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A disk being backed up, read a piece at a time (DESIGN.md, Formats: Ingest).
@@ -96,7 +96,8 @@ public final class FileDiskSource: DiskSource {
                     "read of \(length) bytes at offset \(offset) of \(path) failed: \(String(cString: strerror(code)))")
             }
             guard count > 0 else {
-                throw RepositoryError.source("\(path) ended at \(offset + UInt64(done)), before the \(size) bytes it had")
+                throw RepositoryError.source(
+                    "\(path) ended at \(offset + UInt64(done)), before the \(size) bytes it had")
             }
             done += count
         }
@@ -241,7 +242,8 @@ public final class HTTPDiskSource: DiskSource {
     private static func headSize(_ curl: CurlHandle, description: String) throws(RepositoryError) -> UInt64 {
         let length = try curl.head(description: description)
         guard let length else {
-            throw RepositoryError.source("HTTP disk source \(description) gives no Content-Length or Content-Range total")
+            throw RepositoryError.source(
+                "HTTP disk source \(description) gives no Content-Length or Content-Range total")
         }
         return length
     }
@@ -263,11 +265,13 @@ public final class HTTPDiskSource: DiskSource {
                 }
                 guard response.status == 206 else {
                     throw RepositoryError.source(
-                        "HTTP disk source \(description) answered \(response.status) to a range request at offset \(offset)")
+                        "HTTP disk source \(description) answered \(response.status) to a range request at offset \(offset)"
+                    )
                 }
                 guard response.body.count == length else {
                     throw RepositoryError.source(
-                        "HTTP disk source \(description) sent \(response.body.count) of \(length) bytes at offset \(offset)")
+                        "HTTP disk source \(description) sent \(response.body.count) of \(length) bytes at offset \(offset)"
+                    )
                 }
                 return response.body
             }
@@ -319,7 +323,8 @@ final class CurlHandle: @unchecked Sendable {
 
     /// GET of `range` (inclusive byte positions); the body is cut off (an error) beyond `limit` bytes.
     func get(range: ClosedRange<UInt64>, description: String, limit: Int = 1) throws(RepositoryError) -> Response {
-        try perform(head: false, range: "\(range.lowerBound)-\(range.upperBound)", limit: limit, description: description)
+        try perform(
+            head: false, range: "\(range.lowerBound)-\(range.upperBound)", limit: limit, description: description)
     }
 
     /// HEAD; returns the Content-Length, if any.
@@ -331,7 +336,9 @@ final class CurlHandle: @unchecked Sendable {
         return response.contentLength
     }
 
-    private func perform(head: Bool, range: String?, limit: Int, description: String) throws(RepositoryError) -> Response {
+    private func perform(head: Bool, range: String?, limit: Int, description: String) throws(RepositoryError)
+        -> Response
+    {
         let collector = Collector(limit: limit)
         let context = Unmanaged.passRetained(collector)
         defer { context.release() }
@@ -356,9 +363,11 @@ final class CurlHandle: @unchecked Sendable {
                 livemount_curl_getinfo_long(curl, CURLINFO_RESPONSE_CODE, &status)
                 if status == 200 && range != nil {
                     throw RepositoryError.source(
-                        "HTTP disk source \(description) ignores Range requests (200 instead of 206): cannot read it by pieces")
+                        "HTTP disk source \(description) ignores Range requests (200 instead of 206): cannot read it by pieces"
+                    )
                 }
-                throw RepositoryError.source("HTTP disk source \(description) sent more than the \(limit) bytes asked for")
+                throw RepositoryError.source(
+                    "HTTP disk source \(description) sent more than the \(limit) bytes asked for")
             }
             let text = curl_easy_strerror(result).map { String(cString: $0) } ?? "error \(result.rawValue)"
             throw RepositoryError.source("HTTP request to disk source \(description) failed: \(text)")

@@ -247,7 +247,8 @@ private final class IngestRun: Sendable {
                 slots.signal()
                 let message = (error as? RepositoryError)?.message ?? "\(error)"
                 disk.withLock {
-                    $0.error = $0.error
+                    $0.error =
+                        $0.error
                         ?? RepositoryError.source(
                             "reading disk \(name) from \(source.description) at offset \(offset) failed: \(message)")
                 }

@@ -58,5 +58,5 @@ public struct RepositoryError: Error, Sendable, Equatable, CustomStringConvertib
 }
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif

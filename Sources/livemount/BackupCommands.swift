@@ -5,7 +5,7 @@ import Repository
 import Synchronization
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 // MARK: - Shared options
@@ -141,9 +141,12 @@ struct BackupCreateCommand: ParsableCommand {
             let bar = ProgressBar()
             let result = try repository.ingest(request) { bar.update($0) }
             bar.finish()
-            let dedup = result.chunksTotal - result.zeroChunks == 0
+            let dedup =
+                result.chunksTotal - result.zeroChunks == 0
                 ? "n/a"
-                : String(format: "%.1f%%", 100 * Double(result.deduplicatedChunks) / Double(result.chunksTotal - result.zeroChunks))
+                : String(
+                    format: "%.1f%%",
+                    100 * Double(result.deduplicatedChunks) / Double(result.chunksTotal - result.zeroChunks))
             print(
                 "backup \(result.backup.id) of VM \(vm): read \(formatBytes(result.bytesRead)), "
                     + "stored \(formatBytes(result.newStoredBytes)) in \(result.newChunks) new chunks; "
@@ -205,12 +208,15 @@ struct BackupShowCommand: ParsableCommand {
             print("  holds:         \(holds.isEmpty ? "none" : holds.joined(separator: ", "))")
             for disk in backup.disks {
                 let data = disk.chunkCount - disk.zeroChunks
-                let ratio = disk.storedBytes == 0
+                let ratio =
+                    disk.storedBytes == 0
                     ? "all shared with earlier backups"
                     : String(format: "%.2fx", Double(disk.size) / Double(disk.storedBytes))
                 print("  disk \(disk.name):")
                 print("    size:        \(formatBytes(disk.size)) (\(disk.size) bytes)")
-                print("    chunks:      \(disk.chunkCount) of \(formatBytes(UInt64(disk.chunkSize))), \(disk.zeroChunks) zero, \(data) with data")
+                print(
+                    "    chunks:      \(disk.chunkCount) of \(formatBytes(UInt64(disk.chunkSize))), \(disk.zeroChunks) zero, \(data) with data"
+                )
                 print("    stored:      \(formatBytes(disk.storedBytes)) new; reduction \(ratio)")
             }
         }

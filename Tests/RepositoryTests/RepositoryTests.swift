@@ -3,7 +3,7 @@ import Repository
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 @Suite("Backup repository: ingest, read back, dedup, verify, gc")
@@ -75,7 +75,8 @@ struct RepositoryTests {
         let corrupted = try #require(manifest.chunk(at: 0))
         let deleted = try #require(manifest.chunk(at: 320))
         let chunks = fixture.repository.path + "/chunks"
-        let corruptPath = "\(chunks)/\(corrupted.hex.prefix(2))/\(corrupted.hex.dropFirst(2).prefix(2))/\(corrupted.hex)"
+        let corruptPath =
+            "\(chunks)/\(corrupted.hex.prefix(2))/\(corrupted.hex.dropFirst(2).prefix(2))/\(corrupted.hex)"
         let deletePath = "\(chunks)/\(deleted.hex.prefix(2))/\(deleted.hex.dropFirst(2).prefix(2))/\(deleted.hex)"
         var bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: corruptPath)))
         bytes[bytes.count - 1] ^= 0x01
@@ -128,7 +129,8 @@ struct RepositoryTests {
 
         // A stray temporary file, as a crashed ingest leaves.
         let stray = "\(repository.path)/chunks/00/00/\(String(repeating: "0", count: 64)).tmp-1-2"
-        try FileManager.default.createDirectory(atPath: "\(repository.path)/chunks/00/00", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(
+            atPath: "\(repository.path)/chunks/00/00", withIntermediateDirectories: true)
         try write([1, 2, 3], to: stray)
 
         try repository.addHold(backupID: first.backup.id, holder: "mount:web01")
@@ -169,7 +171,9 @@ struct RepositoryTests {
         let web = try fixture.ingest(TestImage().bytes)
         let db = try fixture.ingest(TestImage().bytes, vm: "db01")
         let repository = fixture.repository
-        #expect(repositoryError { _ = try repository.resolve(vm: "mail", backupID: nil) }?.message == "no backup of VM mail")
+        #expect(
+            repositoryError { _ = try repository.resolve(vm: "mail", backupID: nil) }?.message == "no backup of VM mail"
+        )
         #expect(
             repositoryError { _ = try repository.resolve(vm: "web01", backupID: db.backup.id) }?.message
                 == "backup \(db.backup.id) is of VM db01, not web01")

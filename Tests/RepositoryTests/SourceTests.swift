@@ -6,7 +6,7 @@ import Repository
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 // MARK: - HTTP range server
@@ -78,7 +78,8 @@ private final class RangeHandler: ChannelInboundHandler {
             }
         }
         headers.add(name: "Content-Length", value: "\(body.count)")
-        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
+        context.write(
+            wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
         if request.method != .HEAD {
             context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: body)))), promise: nil)
         }
@@ -211,7 +212,8 @@ struct SourceTests {
 
         let fromHTTP = try fixture.repository.ingest(
             IngestRequest(
-                vm: "web01", configurationPath: fixture.configuration, disks: [IngestDisk(name: "sda", source: server.url)],
+                vm: "web01", configurationPath: fixture.configuration,
+                disks: [IngestDisk(name: "sda", source: server.url)],
                 chunkSize: TestImage.chunkSize))
         #expect(fromHTTP.newChunks == 0)
         #expect(fromHTTP.bytesRead == fromFile.bytesRead)
@@ -247,7 +249,8 @@ struct SourceTests {
 
         let fromISCSI = try fixture.repository.ingest(
             IngestRequest(
-                vm: "web01", configurationPath: fixture.configuration, disks: [IngestDisk(name: "sda", source: tgt.url)],
+                vm: "web01", configurationPath: fixture.configuration,
+                disks: [IngestDisk(name: "sda", source: tgt.url)],
                 chunkSize: TestImage.chunkSize))
         #expect(fromISCSI.bytesRead == UInt64(bytes.count))
         #expect(fromISCSI.newChunks == 0)

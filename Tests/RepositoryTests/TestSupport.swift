@@ -3,7 +3,7 @@ import NIOCore
 import Repository
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A fresh directory under the temporary directory, removed by `remove()`.

@@ -37,7 +37,9 @@ struct ThrottleTests {
         let base = InstantSource()
         let throttled = ThrottledChunkSource(base: base, throttle: ReadThrottle(latency: .seconds(1)))
         let count = 16
-        let ids = try (0..<count).map { index in try #require(ChunkID(digest: [UInt8](repeating: UInt8(index), count: 32))) }
+        let ids = try (0..<count).map { index in
+            try #require(ChunkID(digest: [UInt8](repeating: UInt8(index), count: 32)))
+        }
         let results = try await withThrowingTaskGroup(of: (Int, [UInt8]).self) { group in
             for (index, id) in ids.enumerated() {
                 group.addTask { (index, Array(try await throttled.readChunk(id, length: 10).readableBytesView)) }
