@@ -190,7 +190,10 @@ let package = Package(
         .testTarget(name: "SQLiteStoreTests", dependencies: ["SQLiteStore"]),
         .testTarget(
             name: "RepositoryTests",
-            dependencies: ["Repository", "BlockDevice", "SQLiteStore", .product(name: "NIOCore", package: "swift-nio")]
+            dependencies: [
+                "Repository", "BlockDevice", "SQLiteStore", .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"), .product(name: "NIOHTTP1", package: "swift-nio"),
+            ]
         ),
         .testTarget(
             name: "CacheTests",

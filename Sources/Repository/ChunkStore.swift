@@ -1,0 +1,295 @@
+import CZstd
+import Crypto
+import Dispatch
+import NIOCore
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+// MARK: - Chunk file format
+
+/// The on-disk form of one chunk: a 16-byte header, then the payload.
+///
+/// ```
+/// offset  size  field
+///      0     4  magic "LMCK"
+///      4     1  format version (1)
+///      5     1  codec: 0 = raw (did not compress), 1 = zstd frame
+///      6     2  reserved, zero
+///      8     8  plaintext length, little-endian
+///     16     n  payload
+/// ```
+/// The file is named by the SHA-256 of the plaintext (`ChunkID`), which the reader checks.
+enum ChunkFileFormat {
+    static let magic: [UInt8] = Array("LMCK".utf8)
+    static let version: UInt8 = 1
+    static let headerSize = 16
+    /// zstd level used by ingest: level 3 is zstd's default, a good speed/ratio trade for disk images.
+    static let compressionLevel: Int32 = 3
+
+    enum Codec: UInt8 {
+        case raw = 0
+        case zstd = 1
+    }
+
+    /// Encodes `plaintext` as a chunk file: zstd-compressed, or raw when compression does not shrink it.
+    static func encode(_ plaintext: UnsafeRawBufferPointer) -> [UInt8] {
+        let bound = ZSTD_compressBound(plaintext.count)
+        var file = [UInt8](repeating: 0, count: headerSize + bound)
+        let compressed = file.withUnsafeMutableBytes { out -> Int in
+            let payload = UnsafeMutableRawBufferPointer(rebasing: out[headerSize...])
+            let written = ZSTD_compress(
+                payload.baseAddress, payload.count, plaintext.baseAddress, plaintext.count, compressionLevel)
+            return ZSTD_isError(written) != 0 ? Int.max : written
+        }
+        let codec: Codec
+        if compressed < plaintext.count {
+            codec = .zstd
+            file.removeLast(bound - compressed)
+        } else {
+            codec = .raw
+            file.removeLast(file.count - headerSize)
+            file.append(contentsOf: plaintext)
+        }
+        writeHeader(into: &file, codec: codec, length: plaintext.count)
+        return file
+    }
+
+    private static func writeHeader(into file: inout [UInt8], codec: Codec, length: Int) {
+        file.replaceSubrange(0..<4, with: magic)
+        file[4] = version
+        file[5] = codec.rawValue
+        file[6] = 0
+        file[7] = 0
+        var value = UInt64(length)
+        for index in 8..<16 {
+            file[index] = UInt8(truncatingIfNeeded: value)
+            value >>= 8
+        }
+    }
+
+    /// Decodes and verifies a chunk file: the header, the plaintext length (`length`) and the SHA-256 (`id`).
+    /// Any mismatch is `.corrupt`, naming what did not match.
+    static func decode(_ file: [UInt8], id: ChunkID, length: Int) throws(ChunkReadError) -> ByteBuffer {
+        guard file.count >= headerSize, Array(file[0..<4]) == magic else {
+            throw ChunkReadError(.corrupt, chunk: id, "bad header (\(file.count) bytes, no LMCK magic)")
+        }
+        guard file[4] == version else {
+            throw ChunkReadError(.corrupt, chunk: id, "unknown format version \(file[4])")
+        }
+        guard let codec = Codec(rawValue: file[5]) else {
+            throw ChunkReadError(.corrupt, chunk: id, "unknown codec \(file[5])")
+        }
+        let stored = file[8..<16].reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        guard stored == UInt64(length) else {
+            throw ChunkReadError(.corrupt, chunk: id, "plaintext length \(stored), expected \(length)")
+        }
+        var buffer = ByteBufferAllocator().buffer(capacity: length)
+        switch codec {
+        case .raw:
+            guard file.count - headerSize == length else {
+                throw ChunkReadError(
+                    .corrupt, chunk: id, "raw payload of \(file.count - headerSize) bytes, expected \(length)")
+            }
+            buffer.writeBytes(file[headerSize...])
+        case .zstd:
+            let produced = file.withUnsafeBytes { raw -> Int in
+                let payload = UnsafeRawBufferPointer(rebasing: raw[headerSize...])
+                return buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { out in
+                    let result = ZSTD_decompress(out.baseAddress, length, payload.baseAddress, payload.count)
+                    return ZSTD_isError(result) != 0 ? 0 : result
+                }
+            }
+            guard produced == length else {
+                throw ChunkReadError(.corrupt, chunk: id, "zstd payload does not decompress to \(length) bytes")
+            }
+        }
+        let digest = buffer.withUnsafeReadableBytes { chunkDigest($0) }
+        guard digest == id else {
+            throw ChunkReadError(.corrupt, chunk: id, "plaintext hashes to \(digest.hex)")
+        }
+        return buffer
+    }
+}
+
+/// The `ChunkID` of `plaintext`: its SHA-256.
+func chunkDigest(_ plaintext: UnsafeRawBufferPointer) -> ChunkID {
+    var hasher = SHA256()
+    hasher.update(bufferPointer: plaintext)
+    let digest = hasher.finalize()
+    guard let id = ChunkID(digest: Array(digest)) else { preconditionFailure("SHA-256 digest is not 32 bytes") }
+    return id
+}
+
+// MARK: - Chunk directory
+
+/// The chunk files of a repository: `chunks/ab/cd/<64 hex>` under the repository root.
+///
+/// Writes go to a temporary name in the final directory and are renamed into place, so a reader never sees
+/// a half-written chunk. They are not fsynced one by one: `syncFileSystem()` makes a whole ingest's files
+/// durable with one `syncfs` before the catalog transaction that publishes them.
+struct ChunkStore: Sendable {
+    /// `<repository>/chunks`.
+    let directory: String
+
+    /// The file that holds chunk `id`.
+    func path(of id: ChunkID) -> String {
+        let hex = id.hex
+        let utf8 = Array(hex.utf8)
+        let first = String(decoding: utf8[0..<2], as: UTF8.self)
+        let second = String(decoding: utf8[2..<4], as: UTF8.self)
+        return "\(directory)/\(first)/\(second)/\(hex)"
+    }
+
+    /// Suffix of a chunk file being written; gc removes any left behind by a crash.
+    static let temporaryMarker = ".tmp-"
+
+    /// Compresses and writes chunk `id` (tmp + rename); returns the stored file size.
+    func write(_ id: ChunkID, plaintext: UnsafeRawBufferPointer) throws(RepositoryError) -> Int {
+        let file = ChunkFileFormat.encode(plaintext)
+        let final = path(of: id)
+        let parent = String(final[..<(final.lastIndex(of: "/") ?? final.endIndex)])
+        try Self.makeDirectories(parent, below: directory)
+        let temporary = "\(final)\(Self.temporaryMarker)\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw RepositoryError.io("create", path: temporary, errno: errno) }
+        var done = 0
+        while done < file.count {
+            let count = file.withUnsafeBytes { raw -> Int in
+                guard let base = raw.baseAddress else { return 0 }
+                return Glibc.write(fd, base + done, raw.count - done)
+            }
+            if count < 0 && errno == EINTR { continue }
+            guard count > 0 else {
+                let code = count < 0 ? errno : ENOSPC
+                close(fd)
+                unlink(temporary)
+                throw RepositoryError.io("write", path: temporary, errno: code)
+            }
+            done += count
+        }
+        if !Self.canSyncFileSystem {
+            guard fsync(fd) == 0 else {
+                let code = errno
+                close(fd)
+                unlink(temporary)
+                throw RepositoryError.io("fsync", path: temporary, errno: code)
+            }
+        }
+        guard close(fd) == 0 else {
+            let code = errno
+            unlink(temporary)
+            throw RepositoryError.io("close", path: temporary, errno: code)
+        }
+        guard rename(temporary, final) == 0 else {
+            let code = errno
+            unlink(temporary)
+            throw RepositoryError.io("rename", path: final, errno: code)
+        }
+        return file.count
+    }
+
+    /// Reads the whole file of chunk `id` (synchronously; callers run this off the cooperative pool).
+    func readFile(_ id: ChunkID, maximumSize: Int) throws(ChunkReadError) -> [UInt8] {
+        let file = path(of: id)
+        let fd = open(file, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            let code = errno
+            if code == ENOENT { throw ChunkReadError(.missing, chunk: id, "no file \(file)") }
+            throw ChunkReadError(.ioError, chunk: id, "open \(file): \(String(cString: strerror(code)))")
+        }
+        defer { close(fd) }
+        var status = stat()
+        guard fstat(fd, &status) == 0 else {
+            throw ChunkReadError(.ioError, chunk: id, "fstat \(file): \(String(cString: strerror(errno)))")
+        }
+        let size = Int(status.st_size)
+        guard size <= maximumSize else {
+            throw ChunkReadError(.corrupt, chunk: id, "file \(file) is \(size) bytes, more than a chunk can take")
+        }
+        var bytes = [UInt8](repeating: 0, count: size)
+        var done = 0
+        while done < size {
+            let count = bytes.withUnsafeMutableBytes { raw -> Int in
+                guard let base = raw.baseAddress else { return 0 }
+                return pread(fd, base + done, size - done, off_t(done))
+            }
+            if count < 0 && errno == EINTR { continue }
+            guard count >= 0 else {
+                throw ChunkReadError(.ioError, chunk: id, "read \(file): \(String(cString: strerror(errno)))")
+            }
+            if count == 0 { break }
+            done += count
+        }
+        return Array(bytes.prefix(done))
+    }
+
+    /// Makes every chunk file written so far durable: one `syncfs(2)` of the repository's file system.
+    /// When `syncfs` is not available each file was fsynced as it was written instead.
+    func syncFileSystem() throws(RepositoryError) {
+        guard let syncfs = Self.syncfsFunction else { return }
+        let fd = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw RepositoryError.io("open", path: directory, errno: errno) }
+        defer { close(fd) }
+        guard syncfs(fd) == 0 else { throw RepositoryError.io("syncfs", path: directory, errno: errno) }
+    }
+
+    /// glibc's `syncfs` is declared only under `_GNU_SOURCE`, which Swift's Glibc module does not set:
+    /// look it up at run time instead.
+    private static let syncfsFunction: (@convention(c) (Int32) -> Int32)? = {
+        guard let symbol = dlsym(nil, "syncfs") else { return nil }
+        return unsafeBitCast(symbol, to: (@convention(c) (Int32) -> Int32).self)
+    }()
+
+    private static var canSyncFileSystem: Bool { syncfsFunction != nil }
+
+    /// Creates `path` and its parents up to (not including) `root`; EEXIST is fine.
+    static func makeDirectories(_ path: String, below root: String) throws(RepositoryError) {
+        if mkdir(path, 0o755) == 0 || errno == EEXIST { return }
+        guard errno == ENOENT, path.count > root.count, let slash = path.lastIndex(of: "/") else {
+            throw RepositoryError.io("mkdir", path: path, errno: errno)
+        }
+        try makeDirectories(String(path[..<slash]), below: root)
+        guard mkdir(path, 0o755) == 0 || errno == EEXIST else {
+            throw RepositoryError.io("mkdir", path: path, errno: errno)
+        }
+    }
+}
+
+// MARK: - Local chunk source
+
+/// The repository directory as a `ChunkSource`: reads the chunk file, decompresses it and checks its length
+/// and SHA-256 against the ID.
+///
+/// File reads and decompression run on a concurrent Dispatch queue, never on the caller's thread, so many
+/// fetches proceed in parallel (the cache and prefetcher issue dozens at once).
+public final class LocalChunkSource: ChunkSource {
+    let store: ChunkStore
+    private let queue = DispatchQueue(label: "livemount.repository.chunk-reads", attributes: .concurrent)
+
+    init(store: ChunkStore) {
+        self.store = store
+    }
+
+    public func readChunk(_ id: ChunkID, length: Int) async throws(ChunkReadError) -> ByteBuffer {
+        let store = self.store
+        let result: Result<ByteBuffer, ChunkReadError> = await withCheckedContinuation { continuation in
+            queue.async {
+                continuation.resume(
+                    returning: Result { () throws(ChunkReadError) -> ByteBuffer in
+                        try Self.readSync(store: store, id: id, length: length)
+                    })
+            }
+        }
+        return try result.get()
+    }
+
+    /// Reads and verifies one chunk on the current thread.
+    static func readSync(store: ChunkStore, id: ChunkID, length: Int) throws(ChunkReadError) -> ByteBuffer {
+        guard length >= 0 else { throw ChunkReadError(.corrupt, chunk: id, "negative length \(length)") }
+        let maximum = ChunkFileFormat.headerSize + max(ZSTD_compressBound(length), length)
+        let file = try store.readFile(id, maximumSize: maximum)
+        return try ChunkFileFormat.decode(file, id: id, length: length)
+    }
+}
