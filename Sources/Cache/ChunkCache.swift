@@ -65,6 +65,8 @@ public final class ChunkCache: Sendable {
         var readers: Int = 0
         var lastUse: UInt64
         var touched: TouchMap
+        /// The queue a pinned slot returns to when unpinned (pinned slots are off the 2Q lists).
+        var parkedQueue: SlotQueue?
         /// Recency changed since it was last persisted.
         var recencyDirty = false
     }
@@ -329,7 +331,7 @@ public final class ChunkCache: Sendable {
                 if state.closed { return false }
                 guard let slot = state.index[id], case .resident(var resident) = state.slots[slot] else { return nil }
                 if pin {
-                    if resident.pins == 0 { state.statistics.pinnedSlots += 1 }
+                    if resident.pins == 0 { Self.park(slot, &resident, in: &state) }
                     resident.pins += 1
                     state.slots[slot] = .resident(resident)
                 }
@@ -365,7 +367,11 @@ public final class ChunkCache: Sendable {
             guard let slot = state.index[id], case .resident(var resident) = state.slots[slot], resident.pins > 0
             else { return false }
             resident.pins -= 1
-            if resident.pins == 0 { state.statistics.pinnedSlots -= 1 }
+            if resident.pins == 0 {
+                state.statistics.pinnedSlots -= 1
+                state.policy.insert(slot, on: resident.parkedQueue ?? .a1in)
+                resident.parkedQueue = nil
+            }
             state.slots[slot] = .resident(resident)
             return true
         }
@@ -484,6 +490,7 @@ public final class ChunkCache: Sendable {
                 resident.lastUse = state.clock
                 let reReference = resident.touched.touch(range)
                 state.policy.referenced(lookup.slot, reReference: reReference)
+                if reReference, resident.parkedQueue == .a1in { resident.parkedQueue = .am }
                 if !resident.recencyDirty {
                     resident.recencyDirty = true
                     state.recencyDirty += 1
@@ -524,6 +531,13 @@ public final class ChunkCache: Sendable {
             state.freeSlots.append(slot)
         }
         return (slot, resident.generation)
+    }
+
+    /// Takes a slot that is being pinned off the 2Q lists, remembering its queue.
+    private static func park(_ slot: Int, _ resident: inout Resident, in state: inout State) {
+        resident.parkedQueue = state.policy.queueOf[slot] ?? .a1in
+        state.policy.remove(slot)
+        state.statistics.pinnedSlots += 1
     }
 
     /// Clears a dropped slot's row in the background (a later fill of the slot clears it again first).
@@ -725,6 +739,8 @@ public final class ChunkCache: Sendable {
             if evicted { state.statistics.evictions += 1 }
             state.slots[slot] = .filling
             let queue: SlotQueue = state.policy.takeGhost(id) || flight.reReferenced ? .am : .a1in
+            // On its list already, so fills in progress count towards A1in; `.filling` is never evicted.
+            state.policy.insert(slot, on: queue)
             state.generations[slot] += 1
             return FillPlan(slot: slot, generation: state.generations[slot], queue: queue, fault: state.fillFault, evicted: evicted)
         }
@@ -741,7 +757,7 @@ public final class ChunkCache: Sendable {
             try CacheIndex.clear(db, slots: [slot], generations: [previousGeneration])
         }) {
             logger.warning("cache index update failed; not caching", metadata: ["error": "\(error)"])
-            abandonFill(id, freeing: nil)
+            abandonFill(id, freeing: plan.slot)
             return
         }
         if plan.fault == .afterClear {
@@ -790,11 +806,12 @@ public final class ChunkCache: Sendable {
                 id: id, length: length, generation: plan.generation, crc: record.crc, verified: true,
                 lastUse: lastUse, touched: flight?.touched ?? TouchMap(chunkLength: length))
             resident.pins = flight?.pins ?? 0
-            state.slots[plan.slot] = .resident(resident)
             state.index[id] = plan.slot
-            state.policy.insert(plan.slot, on: plan.queue)
+            // A re-reference may have arrived while the slot was written.
+            if flight?.reReferenced == true { state.policy.insert(plan.slot, on: .am) }
             state.statistics.slotsUsed += 1
-            if resident.pins > 0 { state.statistics.pinnedSlots += 1 }
+            if resident.pins > 0 { Self.park(plan.slot, &resident, in: &state) }
+            state.slots[plan.slot] = .resident(resident)
             let persist = state.recencyDirty >= max(64, state.slots.count / 8)
             return (flight?.fillWaiters ?? [], state.statistics, persist)
         }
@@ -807,6 +824,7 @@ public final class ChunkCache: Sendable {
     private func abandonFill(_ id: ChunkID, freeing slot: Int?) {
         let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
             if let slot {
+                state.policy.remove(slot)
                 state.slots[slot] = .free
                 state.freeSlots.append(slot)
             }
@@ -848,7 +866,8 @@ public final class ChunkCache: Sendable {
                 state.slots[slot] = .resident(resident)
                 records.append(
                     RecencyRecord(
-                        slot: slot, generation: resident.generation, queue: state.policy.queueOf[slot] ?? .a1in,
+                        slot: slot, generation: resident.generation,
+                        queue: state.policy.queueOf[slot] ?? resident.parkedQueue ?? .a1in,
                         lastUse: resident.lastUse))
             }
             state.recencyDirty = 0

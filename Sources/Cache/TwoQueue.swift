@@ -129,10 +129,12 @@ struct TwoQueuePolicy: Sendable {
         }
     }
 
-    /// The slot to reuse: the A1in tail while A1in holds at least Kin slots, else the Am tail; slots that
-    /// `evictable` refuses (pinned, being read) are skipped. Nil when nothing can be evicted.
+    /// The slot to reuse: the A1in tail while A1in holds at least Kin slots, else the Am tail (then A1in);
+    /// slots that `evictable` refuses (being filled or read) are skipped. While A1in is at or over Kin only
+    /// A1in is searched, so a burst of first-time chunks (a scan) never takes a slot from Am. Nil when nothing
+    /// can be evicted. Pinned slots are not on the lists at all.
     func victim(evictable: (Int) -> Bool) -> Int? {
-        let order: [SlotQueue] = counts[SlotQueue.a1in.rawValue] >= inTarget ? [.a1in, .am] : [.am, .a1in]
+        let order: [SlotQueue] = counts[SlotQueue.a1in.rawValue] >= inTarget ? [.a1in] : [.am, .a1in]
         for queue in order {
             var slot = tails[queue.rawValue]
             while slot >= 0 {
