@@ -100,7 +100,9 @@ final class CacheIndex: Sendable {
 
     static func setLayout(_ db: SQLiteDatabase, slotSize: Int, slotCount: Int) throws {
         try db.transaction { conn in
-            let sql = "INSERT INTO cache_layout (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value"
+            let sql =
+                "INSERT INTO cache_layout (key, value) VALUES (?, ?) "
+                + "ON CONFLICT(key) DO UPDATE SET value = excluded.value"
             try conn.run(sql, ["slot_size", slotSize])
             try conn.run(sql, ["slot_count", slotCount])
         }
@@ -164,9 +166,12 @@ final class CacheIndex: Sendable {
         guard !records.isEmpty else { return }
         try db.transaction { conn in
             let statement = try conn.prepare(
-                "UPDATE cache_slots SET queue = ?, last_use = ? WHERE slot = ? AND generation = ? AND chunk IS NOT NULL")
+                "UPDATE cache_slots SET queue = ?, last_use = ? WHERE slot = ? AND generation = ? AND chunk IS NOT NULL"
+            )
             for record in records {
-                try statement.run([record.queue.rawValue, Int64(clamping: record.lastUse), record.slot, record.generation])
+                try statement.run([
+                    record.queue.rawValue, Int64(clamping: record.lastUse), record.slot, record.generation,
+                ])
             }
         }
     }

@@ -98,7 +98,9 @@ public struct CacheError: Error, Sendable, Equatable, CustomStringConvertible {
 
     public var description: String { "cache \(path): \(detail)" }
 
-    static func invalidConfiguration(_ path: String, _ detail: String) -> Self { .init(.invalidConfiguration, path: path, detail) }
+    static func invalidConfiguration(_ path: String, _ detail: String) -> Self {
+        .init(.invalidConfiguration, path: path, detail)
+    }
     static func noSpace(_ path: String, _ detail: String) -> Self { .init(.noSpace, path: path, detail) }
     static func ioError(_ path: String, _ detail: String) -> Self { .init(.ioError, path: path, detail) }
     static func indexError(_ path: String, _ detail: String) -> Self { .init(.indexError, path: path, detail) }

@@ -8,9 +8,9 @@ import SQLiteStore
 import Synchronization
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Musl)
-import Musl
+    import Musl
 #endif
 
 /// The SSD-tier read cache: backup chunks kept in fixed-size slots of one preallocated file on fast storage,
@@ -166,10 +166,12 @@ public final class ChunkCache: Sendable {
     /// Preallocates the cache file, opens it for libaio with O_DIRECT, and reloads the index so a warm cache
     /// stays warm across restarts. Rows that no longer fit the configured slot size or count are dropped
     /// (logged), never served.
-    public static func open(_ configuration: CacheConfiguration, logger: Logger) async throws(CacheError) -> ChunkCache {
+    public static func open(_ configuration: CacheConfiguration, logger: Logger) async throws(CacheError) -> ChunkCache
+    {
         let slotSize = configuration.slotSize
         guard slotSize >= alignment, slotSize % alignment == 0 else {
-            throw .invalidConfiguration(configuration.dataPath, "slot size \(slotSize) is not a multiple of \(alignment)")
+            throw .invalidConfiguration(
+                configuration.dataPath, "slot size \(slotSize) is not a multiple of \(alignment)")
         }
         let slotCount = configuration.slotCount
         guard slotCount >= 1 else {
@@ -252,8 +254,10 @@ public final class ChunkCache: Sendable {
         if let previous, previous.slotSize != slotSize {
             if !records.isEmpty {
                 logger.notice(
-                    "cache slot size changed from \(previous.slotSize) to \(slotSize): dropping \(records.count) cached chunks",
-                    metadata: ["path": "\(path)"])
+                    "cache slot size changed: dropping \(records.count) cached chunks",
+                    metadata: [
+                        "path": "\(path)", "previousSlotSize": "\(previous.slotSize)", "slotSize": "\(slotSize)",
+                    ])
             }
             drop = records
             records = []
@@ -261,8 +265,8 @@ public final class ChunkCache: Sendable {
             let gone = records.filter { $0.slot >= slotCount }
             if !gone.isEmpty {
                 logger.notice(
-                    "cache capacity shrank from \(previous.slotCount) to \(slotCount) slots: dropping \(gone.count) cached chunks",
-                    metadata: ["path": "\(path)"])
+                    "cache capacity shrank: dropping \(gone.count) cached chunks past the last slot",
+                    metadata: ["path": "\(path)", "previousSlots": "\(previous.slotCount)", "slots": "\(slotCount)"])
             }
             records.removeAll { $0.slot >= slotCount }
         }
@@ -577,7 +581,8 @@ public final class ChunkCache: Sendable {
                     return nil
                 }
                 state.nextToken += 1
-                var flight = Flight(token: state.nextToken, priority: priority, touched: TouchMap(chunkLength: chunkLength))
+                var flight = Flight(
+                    token: state.nextToken, priority: priority, touched: TouchMap(chunkLength: chunkLength))
                 if pin { flight.pins = 1 }
                 if let reference { _ = flight.touched.touch(reference) }
                 state.flights[id] = flight
@@ -618,7 +623,9 @@ public final class ChunkCache: Sendable {
         case .success(let bytes):
             let cacheable = chunkLength > 0 && chunkLength <= configuration.slotSize
             let (waiters, fillWaiters, fill, snapshot) = state.withLock {
-                state -> ([CheckedContinuation<JoinOutcome, Never>], [CheckedContinuation<Void, Never>], Bool, CacheStatistics) in
+                state -> (
+                    [CheckedContinuation<JoinOutcome, Never>], [CheckedContinuation<Void, Never>], Bool, CacheStatistics
+                ) in
                 state.statistics.fetches += 1
                 state.statistics.bytesFetched += UInt64(chunkLength)
                 guard var flight = state.flights[id] else { return ([], [], false, state.statistics) }
@@ -742,7 +749,8 @@ public final class ChunkCache: Sendable {
             // On its list already, so fills in progress count towards A1in; `.filling` is never evicted.
             state.policy.insert(slot, on: queue)
             state.generations[slot] += 1
-            return FillPlan(slot: slot, generation: state.generations[slot], queue: queue, fault: state.fillFault, evicted: evicted)
+            return FillPlan(
+                slot: slot, generation: state.generations[slot], queue: queue, fault: state.fillFault, evicted: evicted)
         }
         guard let plan else {
             abandonFill(id, freeing: nil)
@@ -952,7 +960,9 @@ enum CacheFile {
         if info.st_mode & S_IFMT == S_IFBLK {
             var bytes: UInt64 = 0
             let blkGetSize64: UInt = 0x8008_1272  // BLKGETSIZE64 = _IOR(0x12, 114, size_t), linux/fs.h
-            guard ioctl(fd, blkGetSize64, &bytes) == 0 else { return .ioError(path, "BLKGETSIZE64: \(describe(errno))") }
+            guard ioctl(fd, blkGetSize64, &bytes) == 0 else {
+                return .ioError(path, "BLKGETSIZE64: \(describe(errno))")
+            }
             return bytes >= size ? nil : .noSpace(path, "block device holds \(bytes) bytes, the cache needs \(size)")
         }
         if UInt64(max(0, info.st_size)) > size {

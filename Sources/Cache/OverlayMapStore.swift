@@ -31,7 +31,9 @@ enum OverlayMapStore {
 
     static func setLayout(_ db: SQLiteDatabase, size: UInt64, blockSize: Int) throws {
         try db.transaction { conn in
-            let sql = "INSERT INTO overlay_layout (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value"
+            let sql =
+                "INSERT INTO overlay_layout (key, value) VALUES (?, ?) "
+                + "ON CONFLICT(key) DO UPDATE SET value = excluded.value"
             try conn.run(sql, ["size", Int64(size)])
             try conn.run(sql, ["block_size", blockSize])
         }

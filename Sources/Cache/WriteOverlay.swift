@@ -7,9 +7,9 @@ import SQLiteStore
 import Synchronization
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Musl)
-import Musl
+    import Musl
 #endif
 
 /// A live mount's persistent write overlay on the SSD tier: guest writes land here, never in the backup
@@ -76,10 +76,13 @@ public final class WriteOverlay: Sendable {
         dataPath: String, mapPath: String, size: UInt64, blockSize: Int, direct: Bool = true, logger: Logger
     ) async throws(OverlayError) -> WriteOverlay {
         guard blockSize >= 512, blockSize <= 65536, blockSize & (blockSize - 1) == 0 else {
-            throw OverlayError(.invalidConfiguration, path: dataPath, "block size \(blockSize) is not a power of two in 512...65536")
+            throw OverlayError(
+                .invalidConfiguration, path: dataPath, "block size \(blockSize) is not a power of two in 512...65536")
         }
         guard size > 0, size % UInt64(blockSize) == 0 else {
-            throw OverlayError(.invalidConfiguration, path: dataPath, "size \(size) is not a positive multiple of the block size \(blockSize)")
+            throw OverlayError(
+                .invalidConfiguration, path: dataPath,
+                "size \(size) is not a positive multiple of the block size \(blockSize)")
         }
         let database: SQLiteDatabase
         let map: ExtentMap
@@ -90,7 +93,9 @@ public final class WriteOverlay: Sendable {
                 guard layout.size == size, layout.blockSize == blockSize else {
                     throw OverlayError(
                         .invalidConfiguration, path: mapPath,
-                        "overlay was created for \(layout.size) bytes in \(layout.blockSize)-byte blocks, not \(size) in \(blockSize)")
+                        "overlay was created for \(layout.size) bytes in \(layout.blockSize)-byte blocks, "
+                            + "not \(size) in \(blockSize)"
+                    )
                 }
             } else {
                 try OverlayMapStore.setLayout(database, size: size, blockSize: blockSize)
@@ -106,7 +111,8 @@ public final class WriteOverlay: Sendable {
         if let created { throw created }
         let device: AIOFileDevice
         do {
-            device = try AIOFileDevice.open(path: dataPath, readOnly: false, direct: direct, blockSize: blockSize, logger: logger)
+            device = try AIOFileDevice.open(
+                path: dataPath, readOnly: false, direct: direct, blockSize: blockSize, logger: logger)
         } catch {
             throw OverlayError(.ioError, path: dataPath, "\(error)")
         }
@@ -121,11 +127,15 @@ public final class WriteOverlay: Sendable {
         guard fd >= 0 else { return OverlayError(.ioError, path: path, "open: \(CacheFile.describe(errno))") }
         defer { Glibc.close(fd) }
         var info = stat()
-        guard fstat(fd, &info) == 0 else { return OverlayError(.ioError, path: path, "fstat: \(CacheFile.describe(errno))") }
+        guard fstat(fd, &info) == 0 else {
+            return OverlayError(.ioError, path: path, "fstat: \(CacheFile.describe(errno))")
+        }
         guard UInt64(max(0, info.st_size)) != size else { return nil }
         guard ftruncate(fd, off_t(size)) == 0 else {
             let code = errno
-            return OverlayError(code == ENOSPC || code == EFBIG ? .noSpace : .ioError, path: path, "ftruncate to \(size) bytes: \(CacheFile.describe(code))")
+            return OverlayError(
+                code == ENOSPC || code == EFBIG ? .noSpace : .ioError, path: path,
+                "ftruncate to \(size) bytes: \(CacheFile.describe(code))")
         }
         return nil
     }
@@ -202,7 +212,9 @@ public final class WriteOverlay: Sendable {
         let database = self.database
         let failure = await withCheckedContinuation { (continuation: CheckedContinuation<BlockDeviceError?, Never>) in
             commitQueue.async {
-                let runs = self.state.withLock { state in merged.map { state.map.runs(in: $0.lowerBound, $0.upperBound) } }
+                let runs = self.state.withLock { state in
+                    merged.map { state.map.runs(in: $0.lowerBound, $0.upperBound) }
+                }
                 do {
                     try OverlayMapStore.commit(database, ranges: merged, runs: runs)
                     continuation.resume(returning: nil)
@@ -234,7 +246,8 @@ public final class WriteOverlay: Sendable {
         guard length >= 0, offset % block == 0, UInt64(length) % block == 0, offset <= size,
             UInt64(length) <= size - offset
         else {
-            throw .outOfRange("offset \(offset) length \(length) is not whole blocks inside \(size) bytes of \(dataPath)")
+            throw .outOfRange(
+                "offset \(offset) length \(length) is not whole blocks inside \(size) bytes of \(dataPath)")
         }
         if state.withLock({ $0.closed }) { throw .notReady("overlay \(dataPath) is closed") }
     }

@@ -158,7 +158,8 @@ struct ChunkCacheTests {
         #expect(!reopened.contains(chunkID(1)))
         #expect(!reopened.contains(chunkID(3)))
         for n in 1...3 {
-            let bytes = try await reopened.read(chunkID(n), chunkLength: chunkLength, range: 0..<chunkLength, source: source)
+            let bytes = try await reopened.read(
+                chunkID(n), chunkLength: chunkLength, range: 0..<chunkLength, source: source)
             #expect(bytes.bytes == chunkBytes(n, length: chunkLength))
         }
         #expect(source.reads(chunkID(1)) == 2)
@@ -184,7 +185,9 @@ struct ChunkCacheTests {
         for n in 1000..<(1000 + 4 * slots) {
             for piece in 0..<4 {
                 let range = piece * quarter..<(piece + 1) * quarter
-                let bytes = try await cache.read(chunkID(n), chunkLength: chunkLength, range: range, source: FakeSource(length: chunkLength, chunks: n..<n + 1))
+                let bytes = try await cache.read(
+                    chunkID(n), chunkLength: chunkLength, range: range,
+                    source: FakeSource(length: chunkLength, chunks: n..<n + 1))
                 #expect(bytes.readableBytes == quarter)
             }
         }
@@ -268,14 +271,17 @@ struct ChunkCacheTests {
         let dir = try ScratchDirectory()
         defer { dir.remove() }
         let source = FakeSource(length: chunkLength, gated: true)
-        let cache = try await ChunkCache.open(configuration(dir, slots: 16, maxConcurrentFetches: 2), logger: testLogger)
+        let cache = try await ChunkCache.open(
+            configuration(dir, slots: 16, maxConcurrentFetches: 2), logger: testLogger)
         var tasks: [Task<Void, Never>] = []
         func background(_ n: Int) {
             tasks.append(Task { _ = try? await cache.stage(chunkID(n), chunkLength: chunkLength, source: source) })
         }
         func foreground(_ n: Int) {
             tasks.append(
-                Task { _ = try? await cache.read(chunkID(n), chunkLength: chunkLength, range: 0..<4096, source: source) })
+                Task {
+                    _ = try? await cache.read(chunkID(n), chunkLength: chunkLength, range: 0..<4096, source: source)
+                })
         }
         background(1)
         background(2)
@@ -304,6 +310,34 @@ struct ChunkCacheTests {
         #expect(source.started == expectedOrder)
         #expect(source.maxInFlight == 2)
         await cache.close()
+    }
+
+    @Test("reopening with fewer slots or another slot size drops what no longer fits")
+    func layoutChange() async throws {
+        let dir = try ScratchDirectory()
+        defer { dir.remove() }
+        let source = FakeSource(length: chunkLength)
+        var config = configuration(dir, slots: 8)
+        let cache = try await ChunkCache.open(config, logger: testLogger)
+        for n in 0..<8 { try await cache.stage(chunkID(n), chunkLength: chunkLength, source: source) }
+        await cache.close()
+
+        config.capacity = UInt64(4 * chunkLength)
+        let smaller = try await ChunkCache.open(config, logger: testLogger)
+        #expect(smaller.statistics.slotsUsed == 4)
+        for n in 0..<8 {
+            let bytes = try await smaller.read(
+                chunkID(n), chunkLength: chunkLength, range: 0..<chunkLength, source: source)
+            #expect(bytes.bytes == chunkBytes(n, length: chunkLength))
+        }
+        await smaller.close()
+
+        config.slotSize = 2 * chunkLength
+        config.capacity = UInt64(8 * chunkLength)
+        let resized = try await ChunkCache.open(config, logger: testLogger)
+        #expect(resized.statistics.slotsUsed == 0)
+        #expect(resized.statistics.slotCount == 4)
+        await resized.close()
     }
 
     @Test("configuration errors name the field")

@@ -50,7 +50,8 @@ struct WriteOverlayTests {
         #expect(overlay.dataBytes == 16384)
         // Writing over the whole range makes it one data run again.
         try await overlay.write(offset: 8192, data: pattern(3, 24576), fua: false)
-        #expect(overlay.extents(offset: 8192, length: 24576) == [OverlayExtent(offset: 8192, length: 24576, kind: .data)])
+        #expect(
+            overlay.extents(offset: 8192, length: 24576) == [OverlayExtent(offset: 8192, length: 24576, kind: .data)])
         #expect(try await overlay.read(offset: 8192, length: 24576) == pattern(3, 24576))
         await overlay.close()
     }
@@ -60,8 +61,12 @@ struct WriteOverlayTests {
         let dir = try ScratchDirectory()
         defer { dir.remove() }
         let overlay = try await open(dir, blockSize: 512)
-        await #expect(throws: BlockDeviceError.self) { try await overlay.write(offset: 100, data: pattern(1, 512), fua: false) }
-        await #expect(throws: BlockDeviceError.self) { try await overlay.write(offset: lunSize, data: pattern(1, 512), fua: false) }
+        await #expect(throws: BlockDeviceError.self) {
+            try await overlay.write(offset: 100, data: pattern(1, 512), fua: false)
+        }
+        await #expect(throws: BlockDeviceError.self) {
+            try await overlay.write(offset: lunSize, data: pattern(1, 512), fua: false)
+        }
         // 512-byte blocks on a 4 KiB file system: no read-modify-write, neighbours untouched.
         try await overlay.write(offset: 512, data: pattern(4, 512), fua: false)
         try await overlay.write(offset: 1536, data: pattern(5, 512), fua: true)
@@ -122,8 +127,9 @@ struct WriteOverlayTests {
 
         let second = try await open(dir)
         // The flushed write is intact and whole.
-        #expect(second.extents(offset: 0, length: 32768) == [OverlayExtent(offset: 0, length: 32768, kind: .data)]
-            || second.extents(offset: 0, length: 32768).map(\.kind) == [.data, .zero, .data])
+        #expect(
+            second.extents(offset: 0, length: 32768) == [OverlayExtent(offset: 0, length: 32768, kind: .data)]
+                || second.extents(offset: 0, length: 32768).map(\.kind) == [.data, .zero, .data])
         let flushed = try await second.read(offset: 0, length: 32768)
         let expected = pattern(1, 32768)
         #expect(flushed.getSlice(at: 0, length: 8192) == expected.getSlice(at: 0, length: 8192))
