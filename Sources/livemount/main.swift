@@ -1,4 +1,5 @@
-// The livemount command-line tool: backups today (`livemount backup ...`); the lead adds mount commands.
+// The livemount command-line tool: backups (`livemount backup ...`) in the repository, live mounts through the
+// daemon's control API (`livemount mount|unmount|mounts|status`), and LUN checks (`livemount lun read`).
 import ArgumentParser
 
 /// The root command: `livemount <group> <command>`.
@@ -6,7 +7,10 @@ struct LiveMountTool: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "livemount",
         abstract: "Back up virtual machines and boot them straight out of their backups over iSCSI.",
-        subcommands: [BackupCommand.self]
+        subcommands: [
+            BackupCommand.self, MountCommand.self, UnmountCommand.self, MountsCommand.self, StatusCommand.self,
+            LUNCommand.self,
+        ]
     )
 }
 

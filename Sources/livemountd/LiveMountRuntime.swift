@@ -106,20 +106,28 @@ struct ControlRoutes: Sendable {
 
     func handle(_ request: ControlRequest) async -> ControlResponse {
         do throws(ControlError) {
-            switch (request.method, request.pathSegments) {
-            case ("GET", ["v1", "status"]): return .json(try status())
-            case ("GET", ["v1", "mounts"]): return .json(try requireRuntime().mounts.records().map(MountBody.init))
-            case ("POST", ["v1", "mounts"]):
+            let path = request.pathSegments
+            switch (request.method, path.count) {
+            case ("GET", 2) where path == ["v1", "status"]: return .json(try status())
+            case ("GET", 2) where path == ["v1", "mounts"]:
+                do {
+                    return .json(try requireRuntime().mounts.records().map(MountBody.init))
+                } catch let error as ControlError {
+                    throw error
+                } catch {
+                    throw ControlError(status: 500, "\(error)")
+                }
+            case ("POST", 2) where path == ["v1", "mounts"]:
                 return .json(try await mount(try request.decode(MountRequest.self)), status: 201)
-            case ("DELETE", ["v1", "mounts", let target, let lunText]):
-                guard let lun = UInt64(lunText) else { throw ControlError(status: 400, "\"\(lunText)\" is not a LUN") }
+            case ("DELETE", 4) where path[0] == "v1" && path[1] == "mounts":
+                guard let lun = UInt64(path[3]) else { throw ControlError(status: 400, "\"\(path[3])\" is not a LUN") }
                 let overlay = request.query["overlay"] ?? "keep"
                 guard overlay == "keep" || overlay == "discard" else {
                     throw ControlError(status: 400, "overlay=\(overlay): expected keep or discard")
                 }
-                return .json(try await unmount(target: target, lun: lun, keepOverlay: overlay == "keep"))
+                return .json(try await unmount(target: path[2], lun: lun, keepOverlay: overlay == "keep"))
             default:
-                throw ControlError(status: 404, "no such call: \(request.method) /\(request.pathSegments.joined(separator: "/"))")
+                throw ControlError(status: 404, "no such call: \(request.method) /\(path.joined(separator: "/"))")
             }
         } catch {
             return .error(error)

@@ -72,9 +72,9 @@ struct Fixture {
     ) async throws -> Fixture {
         let scratch = try Scratch()
         let imagePath = scratch.path + "/disk0.img"
-        FileManager.default.createFile(atPath: imagePath, contents: Data(disk))
+        _ = FileManager.default.createFile(atPath: imagePath, contents: Data(disk))
         let configPath = scratch.path + "/web01.vmx"
-        FileManager.default.createFile(atPath: configPath, contents: Data("memsize = 1024\n".utf8))
+        _ = FileManager.default.createFile(atPath: configPath, contents: Data("memsize = 1024\n".utf8))
         let repository = try BackupRepository.open(path: scratch.path + "/repo", create: true, logger: quietLogger)
         _ = try repository.ingest(
             IngestRequest(
