@@ -56,7 +56,7 @@ let package = Package(
         .target(
             name: "Repository",
             dependencies: [
-                "BlockDevice", "SQLiteStore", "CZstd", "CCurl",
+                "BlockDevice", "SQLiteStore", "CZstd", "CCurl", "CCRC32C",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),

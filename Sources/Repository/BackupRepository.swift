@@ -326,7 +326,7 @@ public final class BackupRepository: Sendable {
                         outcome = known
                     } else {
                         do throws(ChunkReadError) {
-                            _ = try LocalChunkSource.readSync(store: store, id: id, length: length)
+                            _ = try LocalChunkSource.readSync(store: store, id: id, length: length, check: .sha256)
                             outcome = nil
                         } catch {
                             outcome = error

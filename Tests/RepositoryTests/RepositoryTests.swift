@@ -109,6 +109,29 @@ struct RepositoryTests {
         #expect(report.chunksChecked == image.distinctChunks)
     }
 
+    @Test("a chunk file stored under another chunk's name is never served, though its own CRC is right")
+    func swappedChunkFile() async throws {
+        let fixture = try RepositoryFixture()
+        defer { fixture.directory.remove() }
+        let image = TestImage()
+        let result = try fixture.ingest(image.bytes)
+        let manifest = try fixture.repository.manifest(backupID: result.backup.id, disk: "sda")
+        let chunks = fixture.repository.path + "/chunks"
+        func path(_ id: ChunkID) -> String { "\(chunks)/\(id.hex.prefix(2))/\(id.hex.dropFirst(2).prefix(2))/\(id.hex)" }
+        // Two distinct chunks of the same length: copy the first's file over the second's.
+        let first = try #require(manifest.chunk(at: 0))
+        let second = try #require(
+            (1..<manifest.chunkCount).lazy.compactMap { manifest.chunk(at: $0) }.first {
+                $0 != first && manifest.length(ofChunk: 0) == 4096
+            })
+        try write([UInt8](Data(contentsOf: URL(fileURLWithPath: path(first)))), to: path(second))
+        let source = fixture.repository.chunkSource
+        let error = await chunkReadError { _ = try await source.readChunk(second, length: 4096) }
+        #expect(error?.code == .corrupt)
+        #expect(error?.description.contains("another chunk") == true)
+        #expect(try fixture.repository.verify(backupID: nil).problems.map(\.chunk).contains(second))
+    }
+
     @Test("delete + gc frees exactly the chunks no other backup uses, and stray files; a held backup stays")
     func deleteAndCollect() async throws {
         let fixture = try RepositoryFixture()
