@@ -254,3 +254,31 @@ struct LiveMountTests {
         await fixture.cache.close()
     }
 }
+
+@Suite("Readahead")
+struct ReadaheadTests {
+    @Test("a sequential reader keeps several chunk fetches in flight (readahead), and reads the right bytes")
+    func sequentialReadahead() async throws {
+        let throttled = Mutex<ThrottledChunkSource?>(nil)
+        let fixture = try await Fixture.make { base in
+            let source = ThrottledChunkSource(base: base, throttle: ReadThrottle(latency: .milliseconds(30)))
+            throttled.withLock { $0 = source }
+            return source
+        }
+        let (_, device) = try await fixture.manager.mount(
+            target: ServedTarget.name, lun: 0, vm: "web01", backupID: nil, disk: nil, readOnly: true,
+            origin: .configuration)
+        var image: [UInt8] = []
+        var offset: UInt64 = 0
+        while offset < device.capacity {
+            let piece = try await device.read(offset: offset, length: 256 << 10)
+            image += Array(piece.readableBytesView)
+            offset += 256 << 10
+        }
+        #expect(image == fixture.disk)
+        let overlap = try #require(throttled.withLock { $0 }).mostConcurrentWaits
+        #expect(overlap >= 3, "at most \(overlap) chunk fetches overlapped")
+        await device.close()
+        await fixture.cache.close()
+    }
+}
