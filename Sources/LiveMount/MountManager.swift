@@ -261,8 +261,9 @@ public final class MountManager: Sendable {
     // MARK: Unmounting
 
     /// Forgets the mount serving `lun` of `target` after the caller removed it from the target and closed its
-    /// device. With `keepOverlay` the guest's writes stay on disk for a later mount of the same backup disk;
-    /// otherwise they are deleted.
+    /// device. With `keepOverlay` the guest's writes stay on disk for a later mount of the same backup disk (and
+    /// the backup stays held, so it cannot be deleted under them); otherwise they are deleted and the hold
+    /// released.
     public func unmount(target: String, lun: UInt64, keepOverlay: Bool) async throws(MountError) -> MountRecord {
         guard let record = try record(target: target, lun: lun) else {
             throw MountError(.notFound, "no live mount on LUN \(lun) of target \(target)")
@@ -277,10 +278,13 @@ public final class MountManager: Sendable {
                 throw MountError(.failed, "cannot update the mount registry: \(error)")
             }
         }
-        do {
-            try repository.removeHold(backupID: record.backupID, holder: holder(record.id))
-        } catch {
-            logger.warning("cannot release the backup hold", metadata: ["error": "\(error)"])
+        // A kept overlay is only good with its backup, so the backup stays held until the overlay is discarded.
+        if !(keepOverlay && !record.readOnly) {
+            do {
+                try repository.removeHold(backupID: record.backupID, holder: holder(record.id))
+            } catch {
+                logger.warning("cannot release the backup hold", metadata: ["error": "\(error)"])
+            }
         }
         var result = record
         result.state = keepOverlay && !record.readOnly ? .kept : record.state

@@ -234,7 +234,7 @@ struct LiveMountTests {
         await first.close()
         let kept = try await fixture.manager.unmount(target: ServedTarget.name, lun: 0, keepOverlay: true)
         #expect(kept.state == .kept)
-        #expect(try fixture.repository.holds(backupID: backupID).isEmpty)
+        #expect(try fixture.repository.holds(backupID: backupID).count == 1, "a kept overlay keeps its backup held")
         let (resumed, second) = try await fixture.manager.mount(
             target: ServedTarget.name, lun: 3, vm: "web01", backupID: backupID, disk: "disk0", readOnly: false,
             origin: .api)
@@ -245,6 +245,7 @@ struct LiveMountTests {
         // Discarding: the next mount starts from the backup.
         _ = try await fixture.manager.unmount(target: ServedTarget.name, lun: 3, keepOverlay: false)
         #expect(try fixture.manager.records().isEmpty)
+        #expect(try fixture.repository.holds(backupID: backupID).isEmpty)
         let (_, fresh) = try await fixture.manager.mount(
             target: ServedTarget.name, lun: 0, vm: "web01", backupID: nil, disk: nil, readOnly: false, origin: .api)
         #expect(
