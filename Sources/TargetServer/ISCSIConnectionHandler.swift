@@ -568,6 +568,20 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
             return
         }
         let bound = NIOLoopBound(self, eventLoop: eventLoop)
+        // Callback path: a READ the device can serve with a completion handler
+        // (an SSD-tier cache hit through libaio) is answered from the I/O
+        // thread straight onto this loop, with no task and no executor hop.
+        // An abort meanwhile is handled by `completed`, which ignores aborted
+        // and finished tasks.
+        if dataOut.readableBytes == 0,
+            scsi.executeWithCompletion(
+                lun: lun, command: scsiCommand,
+                completion: { result in
+                    eventLoop.execute { bound.value.completed(itt: itt, result: result) }
+                })
+        {
+            return
+        }
         Task {
             let result = await scsi.execute(lun: lun, command: scsiCommand)
             eventLoop.execute {
