@@ -14,11 +14,11 @@ import Musl
 /// One caller-level request (a read, a write or a flush) split into segments,
 /// each of which becomes one iocb.
 ///
-/// The caller fills `segments` and sets `continuation` before handing the
-/// operation to the engine; from then on only the engine's I/O thread touches
-/// it, until it resumes the continuation exactly once. The caller reads the
-/// segments again only after that resume, which orders the accesses; hence
-/// `@unchecked Sendable`.
+/// The caller fills `segments` and sets either `continuation` or `completion`
+/// before handing the operation to the engine; from then on only the engine's
+/// I/O thread touches it, until it resumes the continuation or calls the
+/// completion exactly once. The caller reads the segments again only after
+/// that, which orders the accesses; hence `@unchecked Sendable`.
 final class AIOOperation: @unchecked Sendable {
     /// What the iocbs do.
     enum Kind {
@@ -71,6 +71,9 @@ final class AIOOperation: @unchecked Sendable {
     var remaining: Int
     var outcome: Outcome = .success
     var continuation: UnsafeContinuation<Outcome, Never>?
+    /// The alternative to `continuation`: called on the I/O thread when the
+    /// last iocb completes (the callback read path, no task to resume).
+    var completion: (@Sendable (Outcome) -> Void)?
 
     init(kind: Kind, segments: [Segment]) {
         self.kind = kind
@@ -95,8 +98,9 @@ final class AIOOperation: @unchecked Sendable {
 /// drains the queue, submits every ready iocb with one `io_submit`, and sleeps
 /// in `poll(2)` on the wake eventfd and the completion eventfd (each iocb is
 /// tagged with `io_set_eventfd`). Completions are reaped with a non-blocking
-/// `io_getevents` and resume the caller's continuation directly from the I/O
-/// thread, so the only thread hop per I/O is that one resume.
+/// `io_getevents` and resume the caller's continuation (or call its completion
+/// closure, see `submit(_:completion:)`) directly from the I/O thread, so the
+/// only thread hop per I/O is that one resume.
 ///
 /// Mutable state other than `queue` is touched only by the I/O thread.
 final class AIOEngine: @unchecked Sendable {
@@ -199,6 +203,23 @@ final class AIOEngine: @unchecked Sendable {
                 operation.continuation = nil
                 continuation.resume(returning: .closed)
             }
+        }
+    }
+
+    /// Runs `operation` and calls `completion` with how it ended: on the I/O
+    /// thread when the last iocb completes, or at once on the caller's thread
+    /// when there is nothing to do or the engine is stopping (`.closed`).
+    /// `completion` must be quick and must not block: it delays every other
+    /// completion of this engine.
+    func submit(_ operation: AIOOperation, completion: @escaping @Sendable (AIOOperation.Outcome) -> Void) {
+        if operation.segments.isEmpty {
+            completion(.success)
+            return
+        }
+        operation.completion = completion
+        if !enqueue(operation) {
+            operation.completion = nil
+            completion(.closed)
         }
     }
 
@@ -393,9 +414,13 @@ final class AIOEngine: @unchecked Sendable {
             }
         }
         operation.remaining -= 1
-        if operation.remaining == 0, let continuation = operation.continuation {
+        guard operation.remaining == 0 else { return }
+        if let continuation = operation.continuation {
             operation.continuation = nil
             continuation.resume(returning: operation.outcome)
+        } else if let completion = operation.completion {
+            operation.completion = nil
+            completion(operation.outcome)
         }
     }
 }

@@ -18,7 +18,9 @@ import Musl
 /// when the AIO eventfd fires (see `AIOEngine`). Callers never block: every
 /// method suspends on a continuation that the I/O thread (or, for the
 /// synchronous calls `fallocate`, `lseek` and the `fdatasync` fallback, a
-/// Dispatch worker) resumes.
+/// Dispatch worker) resumes; `readAsync` instead hands the I/O thread a
+/// completion closure, so a caller outside Swift concurrency (an event loop)
+/// gets its bytes with no task at all.
 ///
 /// ## O_DIRECT
 /// With `direct: true` the file is opened with O_DIRECT where the file system
@@ -261,24 +263,61 @@ public final class AIOFileDevice: BlockDevice {
         try checkOpen()
         if let cached = readIfReady(offset: offset, length: length) { return cached }
 
-        // Widen to the O_DIRECT alignment; the padding is read and dropped.
+        let (operation, start) = try makeReadOperation(offset: offset, length: length)
+        let outcome = await engine.perform(operation)
+        defer { release(operation) }
+        if let error = Self.error(for: outcome, writing: false, path: path) { throw error }
+        return Self.collect(operation, skip: Int(offset - start), length: length)
+    }
+
+    /// The callback form of `read`: the iocbs carry `completion`, which runs on
+    /// the I/O thread as soon as the last one completes (no task, no executor
+    /// hop). Returns false only for a request `read` would refuse (out of
+    /// range, closed, no bounce buffer), so that `read` reports the error.
+    public func readAsync(
+        offset: UInt64, length: Int, completion: @escaping @Sendable (Result<ByteBuffer, BlockDeviceError>) -> Void
+    ) -> Bool {
+        guard length > 0, offset <= capacity, UInt64(length) <= capacity - offset,
+            !closed.load(ordering: .relaxed),
+            let made = try? makeReadOperation(offset: offset, length: length)
+        else { return false }
+        let (operation, start) = made
+        let skip = Int(offset - start)
+        let path = self.path
+        engine.submit(operation) { [self] outcome in
+            if let error = Self.error(for: outcome, writing: false, path: path) {
+                release(operation)
+                completion(.failure(error))
+                return
+            }
+            let bytes = Self.collect(operation, skip: skip, length: length)
+            release(operation)
+            completion(.success(bytes))
+        }
+        return true
+    }
+
+    /// A read of `[offset, offset + length)` widened to the O_DIRECT alignment
+    /// (the padding is read and dropped), and the widened start.
+    private func makeReadOperation(offset: UInt64, length: Int) throws(BlockDeviceError) -> (AIOOperation, UInt64) {
         let alignment = UInt64(isDirect ? directAlignment : 1)
         let start = offset / alignment * alignment
         let end = (offset + UInt64(length) + alignment - 1) / alignment * alignment
         let requiredEnd = min(offset + UInt64(length), fileSize)
-
         let operation = try makeOperation(kind: .read, start: start, end: end, fd: fd, rwFlags: 0) { segment in
             let segmentEnd = UInt64(segment.offset) + UInt64(segment.length)
             if segmentEnd > requiredEnd {
                 segment.required = max(0, Int(requiredEnd) - Int(segment.offset))
             }
         }
-        let outcome = await engine.perform(operation)
-        defer { release(operation) }
-        if let error = Self.error(for: outcome, writing: false, path: path) { throw error }
+        return (operation, start)
+    }
 
+    /// Copies `length` bytes, from `skip` bytes into a finished read's bounce
+    /// buffers, into a new `ByteBuffer`.
+    private static func collect(_ operation: AIOOperation, skip: Int, length: Int) -> ByteBuffer {
         var result = ByteBufferAllocator().buffer(capacity: length)
-        var skip = Int(offset - start)
+        var skip = skip
         var wanted = length
         for segment in operation.segments where wanted > 0 {
             guard let buffer = segment.buffer else { continue }

@@ -22,6 +22,15 @@ public protocol BlockDevice: AnyObject, Sendable {
     /// page-cache hit, memory); nil sends the caller to `read`. Lets the
     /// target answer a READ on the connection's own thread.
     func readIfReady(offset: UInt64, length: Int) -> ByteBuffer?
+    /// Starts reading `length` bytes at `offset` and calls `completion` once
+    /// with the bytes or the error, on whatever thread finishes the read (an
+    /// I/O thread, or the caller's own before this returns). Returns false,
+    /// without calling `completion`, when this device cannot serve the read
+    /// that way now (the default): the caller then uses `read`. Lets the
+    /// target answer a READ without a task and its executor hops.
+    func readAsync(
+        offset: UInt64, length: Int, completion: @escaping @Sendable (Result<ByteBuffer, BlockDeviceError>) -> Void
+    ) -> Bool
     /// Writes `data` at `offset`; with `fua` the data is durable when this returns.
     func write(offset: UInt64, data: ByteBuffer, fua: Bool) async throws(BlockDeviceError)
     /// Makes every completed write durable (SYNCHRONIZE CACHE).
@@ -61,6 +70,10 @@ extension BlockDevice {
     }
 
     public func readIfReady(offset: UInt64, length: Int) -> ByteBuffer? { nil }
+
+    public func readAsync(
+        offset: UInt64, length: Int, completion: @escaping @Sendable (Result<ByteBuffer, BlockDeviceError>) -> Void
+    ) -> Bool { false }
 }
 
 /// A failure of a backing store, mapped by the SCSI layer to sense data.

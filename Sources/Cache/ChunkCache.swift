@@ -322,6 +322,48 @@ public final class ChunkCache: Sendable {
         }
     }
 
+    /// The hit-only callback read: when chunk `id` is in a slot whose bytes have been verified, starts reading
+    /// `range` of it through the cache file's `readAsync` and returns true; `completion` then gets the bytes,
+    /// or a failure when the slot read failed (the slot is dropped, as `read` does; the caller reads again
+    /// with `read`, which refetches from the source). Returns false, without calling `completion` and without
+    /// any other effect, on a miss, an unverified slot (its CRC32C is checked on the `read` path first), a
+    /// chunk being fetched, or a closed cache: the caller then uses `read`.
+    public func readIfCached(
+        _ id: ChunkID, chunkLength: Int, range: Range<Int>,
+        completion: @escaping @Sendable (Result<ByteBuffer, ChunkReadError>) -> Void
+    ) -> Bool {
+        guard range.lowerBound >= 0, range.upperBound <= chunkLength, !range.isEmpty else { return false }
+        let lookup = state.withLock { state -> HitLookup? in
+            guard !state.closed, let slot = state.index[id], case .resident(var resident) = state.slots[slot],
+                resident.verified, resident.length == chunkLength
+            else { return nil }
+            resident.readers += 1
+            state.slots[slot] = .resident(resident)
+            return HitLookup(
+                id: id, slot: slot, generation: resident.generation, verified: true, length: resident.length)
+        }
+        guard let lookup else { return false }
+        let start = range.lowerBound / Self.alignment * Self.alignment
+        let end = Self.alignUp(range.upperBound)
+        let base = UInt64(lookup.slot) * UInt64(configuration.slotSize)
+        let submitted = device.readAsync(offset: base + UInt64(start), length: end - start) { [self] result in
+            switch result {
+            case .success(let bytes):
+                endHit(lookup, range: range, outcome: .served)
+                let slice = bytes.getSlice(at: bytes.readerIndex + range.lowerBound - start, length: range.count)
+                completion(.success(slice ?? ByteBuffer()))
+            case .failure(let error):
+                logger.warning(
+                    "cache slot read failed; dropping the slot",
+                    metadata: ["slot": "\(lookup.slot)", "chunk": "\(lookup.id)", "error": "\(error)"])
+                endHit(lookup, range: range, outcome: .failed)
+                completion(.failure(ChunkReadError(.ioError, chunk: id, "cache slot read failed: \(error)")))
+            }
+        }
+        if !submitted { endHit(lookup, range: range, outcome: .abandoned) }
+        return submitted
+    }
+
     /// Brings chunk `id` into the cache (prefetch, readahead); returns once it is in a slot (or could not be
     /// cached). True if it was not cached and had to be fetched. With `pin`, the slot is not evicted until
     /// `unpin` is called as many times.
@@ -477,6 +519,8 @@ public final class ChunkCache: Sendable {
         case served
         case verified
         case failed
+        /// The read was never started: only the reader reference is returned.
+        case abandoned
     }
 
     /// Ends a slot read: counts the hit and updates recency (memory only), or drops a failed slot.
@@ -485,6 +529,10 @@ public final class ChunkCache: Sendable {
             switch state.slots[lookup.slot] {
             case .resident(var resident) where resident.generation == lookup.generation:
                 resident.readers -= 1
+                if case .abandoned = outcome {
+                    state.slots[lookup.slot] = .resident(resident)
+                    return (nil, nil)
+                }
                 if case .failed = outcome {
                     state.slots[lookup.slot] = .resident(resident)
                     return (Self.drop(slot: lookup.slot, in: &state), state.statistics)
@@ -516,7 +564,10 @@ public final class ChunkCache: Sendable {
         }
         if let clear { clearRow(clear) }
         if let snapshot { metrics.update(snapshot) }
-        if case .failed = outcome {} else { metrics.hits.increment() }
+        switch outcome {
+        case .served, .verified: metrics.hits.increment()
+        case .failed, .abandoned: break
+        }
     }
 
     /// Takes a resident slot out of service (bad CRC, I/O error, wrong length). It becomes free once its

@@ -162,6 +162,16 @@ public final class WriteOverlay: Sendable {
         return try await device.read(offset: offset, length: length)
     }
 
+    /// The callback form of `read` for `.data` ranges: starts the read through the overlay file's
+    /// `readAsync` and returns true, `completion` then getting the bytes or the error on the I/O thread.
+    /// False (nothing started) for a range `read` would refuse, or a closed overlay: the caller uses `read`.
+    public func readAsync(
+        offset: UInt64, length: Int, completion: @escaping @Sendable (Result<ByteBuffer, BlockDeviceError>) -> Void
+    ) -> Bool {
+        guard (try? checkRange(offset: offset, length: length)) != nil, length > 0 else { return false }
+        return device.readAsync(offset: offset, length: length, completion: completion)
+    }
+
     /// Writes `data` at `offset` (block-aligned); with `fua` it survives `kill -9` once this returns.
     public func write(offset: UInt64, data: ByteBuffer, fua: Bool) async throws(BlockDeviceError) {
         let length = data.readableBytes

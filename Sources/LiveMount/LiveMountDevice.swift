@@ -71,6 +71,77 @@ public final class LiveMountDevice: BlockDevice {
         return result
     }
 
+    /// The callback read path for what needs no fetch: a range that is one overlay extent and either the
+    /// guest's data (read from the overlay file), zeros it unmapped, or the backup within one chunk that is an
+    /// elided zero chunk or resident and verified in the cache. Anything else (several extents, several
+    /// chunks, a cache miss) returns false with no effect, and the caller uses `read`. A cache slot that fails
+    /// while being read is dropped and the range read again through `read` (from the source), as there.
+    public func readAsync(
+        offset: UInt64, length: Int, completion: @escaping @Sendable (Result<ByteBuffer, BlockDeviceError>) -> Void
+    ) -> Bool {
+        guard length > 0 else { return false }
+        let kind: OverlayExtent.Kind
+        if let overlay {
+            let extents = overlay.extents(offset: offset, length: length)
+            guard extents.count == 1, let only = extents.first else { return false }
+            kind = only.kind
+        } else {
+            kind = .absent
+        }
+        switch kind {
+        case .data:
+            return overlay?.readAsync(offset: offset, length: length, completion: completion) ?? false
+        case .zero:
+            completion(.success(ByteBuffer(repeating: 0, count: length)))
+            return true
+        case .absent:
+            return readBackupAsync(offset: offset, length: length, completion: completion)
+        }
+    }
+
+    /// The backup part of `readAsync`: one chunk, zero or cached.
+    private func readBackupAsync(
+        offset: UInt64, length: Int, completion: @escaping @Sendable (Result<ByteBuffer, BlockDeviceError>) -> Void
+    ) -> Bool {
+        let chunkSize = UInt64(manifest.chunkSize)
+        let index = Int(offset / chunkSize)
+        guard Int((offset + UInt64(length) - 1) / chunkSize) == index else { return false }
+        let start = Int(offset - UInt64(index) * chunkSize)
+        let range = start..<(start + length)
+        guard index < manifest.chunkCount, let id = manifest.chunk(at: index) else {
+            noteRead(chunk: index, offset: offset, length: length)
+            completion(.success(ByteBuffer(repeating: 0, count: length)))
+            return true
+        }
+        let chunkLength = manifest.length(ofChunk: index)
+        let available = max(0, min(range.upperBound, chunkLength) - range.lowerBound)
+        guard available > 0 else {
+            noteRead(chunk: index, offset: offset, length: length)
+            completion(.success(ByteBuffer(repeating: 0, count: length)))
+            return true
+        }
+        let submitted = cache.readIfCached(
+            id, chunkLength: chunkLength, range: range.lowerBound..<(range.lowerBound + available)
+        ) { [self] result in
+            switch result {
+            case .success(var data):
+                if available < length { data.writeRepeatingByte(0, count: length - available) }
+                completion(.success(data))
+            case .failure:
+                // The slot was dropped: read the chunk again through the cache, which refetches it.
+                Task {
+                    do throws(BlockDeviceError) {
+                        completion(.success(try await self.readChunk(index, range: range)))
+                    } catch {
+                        completion(.failure(error))
+                    }
+                }
+            }
+        }
+        if submitted { noteRead(chunk: index, offset: offset, length: length) }
+        return submitted
+    }
+
     /// One overlay extent: the guest's data, zeros it unmapped, or the backup beneath.
     private func readExtent(_ extent: OverlayExtent, overlay: WriteOverlay) async throws(BlockDeviceError)
         -> ByteBuffer

@@ -37,10 +37,37 @@ extension LogicalUnit {
         return data.map(plan.result)
     }
 
+    /// READ with a completion handler, for the transport's callback path: the
+    /// data at hand (`readIfReady`) is answered at once, else the device's
+    /// `readAsync` answers when its I/O ends, a device error becoming sense
+    /// data exactly as in `read` (`SenseData.from`, e.g. MEDIUM ERROR /
+    /// UNRECOVERED READ ERROR, SBC-4 §4.18). False, with no effect, when the
+    /// CDB fails its checks (so that `read` produces the sense data) or the
+    /// device cannot read that way now.
+    func readWithCompletion(_ command: SCSICommand, completion: @escaping @Sendable (SCSIResult) -> Void) -> Bool {
+        guard let plan = try? readPlan(command) else { return false }
+        if plan.blocks == 0 {
+            completion(plan.result(ByteBuffer()))
+            return true
+        }
+        let offset = plan.lba * UInt64(blockSize)
+        let length = Int(plan.blocks) * blockSize
+        if let data = device.readIfReady(offset: offset, length: length) {
+            completion(plan.result(data))
+            return true
+        }
+        return device.readAsync(offset: offset, length: length) { result in
+            switch result {
+            case .success(let data): completion(plan.result(data))
+            case .failure(let error): completion(.checkCondition(SenseData.from(error, lba: plan.lba, isWrite: false)))
+            }
+        }
+    }
+
     /// What a READ transfers: the CDB's blocks, but no more than cover the
     /// Expected Data Transfer Length, since the initiator takes only that
     /// (RFC 7143 §11.4.5.1 overflow); the rest is reported as a residual.
-    private struct ReadPlan {
+    private struct ReadPlan: Sendable {
         var lba: UInt64
         var blocks: UInt64
         var expected: Int

@@ -239,6 +239,25 @@ final class LogicalUnit: Sendable {
     /// attention pending, a valid CDB, no reservation conflict, the data at
     /// hand. Nil means "use `execute`", never an error.
     func executeImmediately(_ command: SCSICommand) -> SCSIResult? {
+        guard qualifiesForFastRead(command) else { return nil }
+        return readImmediately(command)
+    }
+
+    /// The READ callback path: the checks of `executeImmediately`, then the
+    /// data at hand or the device's `readAsync`; `completion` gets exactly
+    /// what `execute` would have answered, on whatever thread ends the read.
+    /// False, with no effect and no call of `completion`, means "use
+    /// `execute`".
+    func executeWithCompletion(_ command: SCSICommand, completion: @escaping @Sendable (SCSIResult) -> Void) -> Bool {
+        guard qualifiesForFastRead(command) else { return false }
+        return readWithCompletion(command, completion: completion)
+    }
+
+    /// Whether a command may skip `execute`'s dispatch: a READ(6/10/12/16)
+    /// (SBC-4 §5.13-5.16) while no unit attention is pending for any nexus
+    /// (SAM-5 §5.14), whose CDB is valid and which no reservation refuses
+    /// (SPC-4 §5.13).
+    private func qualifiesForFastRead(_ command: SCSICommand) -> Bool {
         let cdb = command.cdb
         guard let opcode = cdb.first,
             opcode == Opcode.read10 || opcode == Opcode.read16 || opcode == Opcode.read12 || opcode == Opcode.read6,
@@ -246,8 +265,8 @@ final class LogicalUnit: Sendable {
             case .success(let descriptor) = OpcodeTable.lookup(cdb, on: self),
             (try? descriptor.validate(cdb)) != nil,
             !reservations.conflicts(cdb: cdb, nexus: command.nexus)
-        else { return nil }
-        return readImmediately(command)
+        else { return false }
+        return true
     }
 
     // MARK: - Shared checks

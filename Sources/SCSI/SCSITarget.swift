@@ -142,6 +142,18 @@ public final class SCSITarget: Sendable {
         unit(lun)?.executeImmediately(command)
     }
 
+    /// The callback path for READs that need no task (data at hand, or a
+    /// device that can read with a completion handler, `BlockDevice.readAsync`).
+    /// Returns false, with no effect, when the command must go through
+    /// `execute(lun:command:)`; after true, `completion` is called once, on
+    /// any thread (possibly before this returns), with exactly what `execute`
+    /// would have answered.
+    public func executeWithCompletion(
+        lun: UInt64, command: SCSICommand, completion: @escaping @Sendable (SCSIResult) -> Void
+    ) -> Bool {
+        unit(lun)?.executeWithCompletion(command, completion: completion) ?? false
+    }
+
     /// REPORT LUNS (SPC-4 §6.33), answered for any LUN. Clears REPORTED LUNS
     /// DATA HAS CHANGED for the nexus on every LU.
     private func reportLUNs(_ command: SCSICommand) -> SCSIResult {

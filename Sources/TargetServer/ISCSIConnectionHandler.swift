@@ -104,6 +104,8 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
     private var closeAfterFlush = false
     /// Inside channelRead: responses wait for channelReadComplete's flush.
     private var inChannelRead = false
+    /// A flush is queued on the loop for responses sent outside channelRead.
+    private var flushScheduled = false
 
     // Target pings (RFC 7143 §11.19).
     private var lastActivity = NIODeadline.now()
@@ -568,6 +570,20 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
             return
         }
         let bound = NIOLoopBound(self, eventLoop: eventLoop)
+        // Callback path: a READ the device can serve with a completion handler
+        // (an SSD-tier cache hit through libaio) is answered from the I/O
+        // thread straight onto this loop, with no task and no executor hop.
+        // An abort meanwhile is handled by `completed`, which ignores aborted
+        // and finished tasks.
+        if dataOut.readableBytes == 0,
+            scsi.executeWithCompletion(
+                lun: lun, command: scsiCommand,
+                completion: { result in
+                    eventLoop.execute { bound.value.completed(itt: itt, result: result) }
+                })
+        {
+            return
+        }
         Task {
             let result = await scsi.execute(lun: lun, command: scsiCommand)
             eventLoop.execute {
@@ -584,7 +600,21 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
             return
         }
         sendResult(result, for: command, params: params)
-        if !inChannelRead { context?.flush() }
+        if !inChannelRead { scheduleFlush() }
+    }
+
+    /// Flushes once the loop has run the tasks queued so far: the completions
+    /// that the AIO thread hands over in a burst (one `eventLoop.execute`
+    /// each) go out in one write instead of one system call per response.
+    private func scheduleFlush() {
+        guard !flushScheduled, let eventLoop = context?.eventLoop else { return }
+        flushScheduled = true
+        let bound = NIOLoopBound(self, eventLoop: eventLoop)
+        eventLoop.execute {
+            let handler = bound.value
+            handler.flushScheduled = false
+            handler.context?.flush()
+        }
     }
 
     /// Data-In and status for a finished command (RFC 7143 §11.4, §11.7),
