@@ -903,6 +903,12 @@ public final class ChunkCache: Sendable {
         for waiter in waiters { waiter.resume() }
     }
 
+    /// Returns once chunk `id`'s slot write (if one is under way) has finished: tests that need every fill done
+    /// before the next fetch, so that what they assert does not depend on how far background fills lag.
+    func waitUntilFilled(_ id: ChunkID) async {
+        await waitForFill(id)
+    }
+
     /// Makes the next fills stop at `fault` (tests of crash safety).
     func injectFillFault(_ fault: FillFault?) {
         state.withLock { $0.fillFault = fault }

@@ -190,6 +190,9 @@ struct ChunkCacheTests {
                     source: FakeSource(length: chunkLength, chunks: n..<n + 1))
                 #expect(bytes.readableBytes == quarter)
             }
+            // Under load the slot writes run behind the reads; a fill that finds every slot still being written
+            // serves uncached and evicts nothing. Waiting for each fill makes the scan really evict.
+            await cache.waitUntilFilled(chunkID(n))
         }
         let before = source.totalReads
         for id in hot { _ = try await cache.read(id, chunkLength: chunkLength, range: 0..<8192, source: source) }
