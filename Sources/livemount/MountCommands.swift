@@ -39,21 +39,11 @@ struct CLIError: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
-/// A mount as the daemon reports it.
-struct MountSummary: Codable {
-    var id: Int64
-    var target: String
-    var lun: UInt64
-    var vm: String
-    var backupID: Int64
-    var disk: String
-    var readOnly: Bool
-    var origin: String
-    var state: String
-
+extension MountInfo {
+    /// One line of `livemount mounts`.
     var line: String {
-        let where_ = state == "mounted" ? "\(target) LUN \(lun)" : "(unmounted, overlay kept)"
-        return "\(where_)  \(vm)@\(backupID)/\(disk)  \(readOnly ? "ro" : "rw")  \(origin)  mount \(id)"
+        let place = state == "mounted" ? "\(target) LUN \(lun)" : "(unmounted, overlay kept)"
+        return "\(place)  \(vm)@\(backupID)/\(disk)  \(readOnly ? "ro" : "rw")  \(origin)  mount \(id)"
     }
 }
 
@@ -88,12 +78,10 @@ struct MountCommand: AsyncParsableCommand {
     var readOnly = false
 
     func run() async throws {
-        var body: [String: Any] = ["backup": backup, "target": target, "readOnly": readOnly]
-        if let disk { body["disk"] = disk }
-        if let lun { body["lun"] = lun }
-        let data = try JSONSerialization.data(withJSONObject: body)
+        let data = try JSONEncoder().encode(
+            MountRequest(backup: backup, disk: disk, target: target, lun: lun, readOnly: readOnly))
         let answer = try await daemon.call("POST", "/v1/mounts", body: Array(data))
-        let mount = try JSONDecoder().decode(MountSummary.self, from: Data(answer))
+        let mount = try JSONDecoder().decode(MountInfo.self, from: Data(answer))
         print("mounted \(mount.vm)@\(mount.backupID)/\(mount.disk) as LUN \(mount.lun) of \(mount.target)")
     }
 }
@@ -140,7 +128,7 @@ struct MountsCommand: AsyncParsableCommand {
             print(String(decoding: answer, as: UTF8.self))
             return
         }
-        let mounts = try JSONDecoder().decode([MountSummary].self, from: Data(answer))
+        let mounts = try JSONDecoder().decode([MountInfo].self, from: Data(answer))
         if mounts.isEmpty { print("no live mounts") }
         for mount in mounts { print(mount.line) }
     }
@@ -156,33 +144,13 @@ struct StatusCommand: AsyncParsableCommand {
     @Flag(help: "Print the daemon's JSON.")
     var json = false
 
-    struct Status: Codable {
-        struct Target: Codable {
-            var name: String
-            var luns: [UInt64]
-        }
-        struct Cache: Codable {
-            var hits: UInt64
-            var misses: UInt64
-            var fetches: UInt64
-            var bytesFetched: UInt64
-            var evictions: UInt64
-            var slotsUsed: Int
-            var slotCount: Int
-        }
-        var sessions: Int
-        var targets: [Target]
-        var mounts: [MountSummary]
-        var cache: Cache?
-    }
-
     func run() async throws {
         let answer = try await daemon.call("GET", "/v1/status")
         if json {
             print(String(decoding: answer, as: UTF8.self))
             return
         }
-        let status = try JSONDecoder().decode(Status.self, from: Data(answer))
+        let status = try JSONDecoder().decode(StatusInfo.self, from: Data(answer))
         print("sessions: \(status.sessions)")
         for target in status.targets {
             print("target \(target.name): LUNs \(target.luns.map(String.init).joined(separator: ", "))")

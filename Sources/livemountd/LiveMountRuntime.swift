@@ -65,38 +65,6 @@ final class LiveMountRuntime: Sendable {
 
 // MARK: - Control API routes
 
-/// `POST /v1/mounts`.
-struct MountRequest: Codable, Sendable {
-    /// `VM` or `VM@ID`.
-    var backup: String
-    var disk: String?
-    var target: String
-    /// nil = the lowest free LUN of the target.
-    var lun: UInt64?
-    var readOnly: Bool?
-}
-
-/// `GET /v1/status`.
-struct StatusBody: Codable, Sendable {
-    struct Target: Codable, Sendable {
-        var name: String
-        var luns: [UInt64]
-    }
-    struct CacheBody: Codable, Sendable {
-        var hits: UInt64
-        var misses: UInt64
-        var fetches: UInt64
-        var bytesFetched: UInt64
-        var evictions: UInt64
-        var slotsUsed: Int
-        var slotCount: Int
-    }
-    var sessions: Int
-    var targets: [Target]
-    var mounts: [MountRecord]
-    var cache: CacheBody?
-}
-
 /// Answers the control API: mounts (list, mount, unmount) and status. Mounting adds the LUN to a running
 /// target; existing sessions see REPORTED LUNS DATA HAS CHANGED (SPC-4 §6.33).
 struct ControlRoutes: Sendable {
@@ -111,7 +79,7 @@ struct ControlRoutes: Sendable {
             case ("GET", 2) where path == ["v1", "status"]: return .json(try status())
             case ("GET", 2) where path == ["v1", "mounts"]:
                 do {
-                    return .json(try requireRuntime().mounts.records().map(MountBody.init))
+                    return .json(try requireRuntime().mounts.records().map(MountInfo.init))
                 } catch let error as ControlError {
                     throw error
                 } catch {
@@ -142,28 +110,27 @@ struct ControlRoutes: Sendable {
         return runtime
     }
 
-    private func status() throws(ControlError) -> StatusBody {
+    private func status() throws(ControlError) -> StatusInfo {
         let targets = server.targetNames.map { name in
-            StatusBody.Target(name: name, luns: server.scsiTarget(named: name)?.luns ?? [])
+            StatusInfo.Target(name: name, luns: server.scsiTarget(named: name)?.luns ?? [])
         }
-        var cacheBody: StatusBody.CacheBody?
-        var mounts: [MountRecord] = []
+        var cacheBody: StatusInfo.Cache?
+        var mounts: [MountInfo] = []
         if let runtime {
             let s = runtime.cache.statistics
-            cacheBody = StatusBody.CacheBody(
-                hits: UInt64(s.hits), misses: UInt64(s.misses), fetches: UInt64(s.fetches),
-                bytesFetched: UInt64(s.bytesFetched), evictions: UInt64(s.evictions), slotsUsed: Int(s.slotsUsed),
-                slotCount: Int(s.slotCount))
+            cacheBody = StatusInfo.Cache(
+                hits: s.hits, misses: s.misses, fetches: s.fetches, bytesFetched: s.bytesFetched,
+                evictions: s.evictions, slotsUsed: s.slotsUsed, slotCount: s.slotCount)
             do {
-                mounts = try runtime.mounts.records()
+                mounts = try runtime.mounts.records().map(MountInfo.init)
             } catch {
                 throw ControlError(status: 500, "\(error)")
             }
         }
-        return StatusBody(sessions: server.sessionCount, targets: targets, mounts: mounts, cache: cacheBody)
+        return StatusInfo(sessions: server.sessionCount, targets: targets, mounts: mounts, cache: cacheBody)
     }
 
-    private func mount(_ request: MountRequest) async throws(ControlError) -> MountBody {
+    private func mount(_ request: MountRequest) async throws(ControlError) -> MountInfo {
         let runtime = try requireRuntime()
         guard let scsi = server.scsiTarget(named: request.target) else {
             throw ControlError(
@@ -212,10 +179,10 @@ struct ControlRoutes: Sendable {
         }
         logger.info(
             "mounted", metadata: ["target": "\(request.target)", "lun": "\(lun)", "backup": "\(record.vm)@\(record.backupID)/\(record.disk)"])
-        return MountBody(record)
+        return MountInfo(record)
     }
 
-    private func unmount(target: String, lun: UInt64, keepOverlay: Bool) async throws(ControlError) -> MountBody {
+    private func unmount(target: String, lun: UInt64, keepOverlay: Bool) async throws(ControlError) -> MountInfo {
         let runtime = try requireRuntime()
         let existing: MountRecord?
         do {
@@ -232,7 +199,7 @@ struct ControlRoutes: Sendable {
         do {
             let record = try await runtime.mounts.unmount(target: target, lun: lun, keepOverlay: keepOverlay)
             logger.info("unmounted", metadata: ["target": "\(target)", "lun": "\(lun)", "overlay": "\(keepOverlay ? "kept" : "discarded")"])
-            return MountBody(record)
+            return MountInfo(record)
         } catch {
             throw ControlError(status: Self.status(of: error), error.description)
         }
@@ -247,27 +214,11 @@ struct ControlRoutes: Sendable {
     }
 }
 
-/// A mount as the API shows it.
-struct MountBody: Codable, Sendable {
-    var id: Int64
-    var target: String
-    var lun: UInt64
-    var vm: String
-    var backupID: Int64
-    var disk: String
-    var readOnly: Bool
-    var origin: String
-    var state: String
-
+extension MountInfo {
+    /// The API's view of a registry record.
     init(_ record: MountRecord) {
-        id = record.id
-        target = record.target
-        lun = record.lun
-        vm = record.vm
-        backupID = record.backupID
-        disk = record.disk
-        readOnly = record.readOnly
-        origin = record.origin.rawValue
-        state = record.state.rawValue
+        self.init(
+            id: record.id, target: record.target, lun: record.lun, vm: record.vm, backupID: record.backupID,
+            disk: record.disk, readOnly: record.readOnly, origin: record.origin.rawValue, state: record.state.rawValue)
     }
 }
