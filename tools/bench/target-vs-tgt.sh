@@ -12,6 +12,7 @@
 # of the per-workload means. Goal (DESIGN.md): ratio >= 1.2 on each.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. tools/bench/lib.sh
 rounds=3; seconds=5; size=1024; direct=0
 while getopts "r:s:z:d" opt; do
   case $opt in r) rounds=$OPTARG ;; s) seconds=$OPTARG ;; z) size=$OPTARG ;; d) direct=1 ;; *) exit 2 ;; esac
@@ -61,29 +62,4 @@ for _ in $(seq 1 100); do grep -q listening "$work/livemountd.out" 2>/dev/null &
 # Warm both paths (page cache) once.
 cat "$work/disk.img" >/dev/null
 
-run() { # url depth blocks random → prints average IOPS
-  local out
-  out=$(timeout $((seconds + 20)) iscsi-perf -m "$2" -b "$3" -t "$seconds" $4 "$1" 2>&1 | tr '\r' '\n' | grep -o 'iops average [0-9]*' | tail -1 | awk '{print $3}')
-  echo "${out:-0}"
-}
-
-declare -A sum
-workloads=("rand4k-qd32:32:8:-r" "rand4k-qd1:1:8:-r" "seq128k-qd16:16:256:")
-printf "%-14s %-6s %10s %10s\n" workload round tgt livemount
-for w in "${workloads[@]}"; do
-  IFS=: read -r name depth blocks flag <<<"$w"
-  for r in $(seq 1 "$rounds"); do
-    t=$(run "iscsi://127.0.0.1:$port_t/$iqn_t/1" "$depth" "$blocks" "$flag")
-    l=$(run "iscsi://127.0.0.1:$port_l/$iqn_l/1" "$depth" "$blocks" "$flag")
-    sum[$name.t]=$(( ${sum[$name.t]:-0} + t )); sum[$name.l]=$(( ${sum[$name.l]:-0} + l ))
-    printf "%-14s %-6s %10s %10s\n" "$name" "$r" "$t" "$l"
-  done
-done
-echo
-printf "%-14s %12s %12s %8s\n" workload tgt-iops livemount-iops ratio
-for w in "${workloads[@]}"; do
-  name=${w%%:*}
-  t=$(( ${sum[$name.t]} / rounds )); l=$(( ${sum[$name.l]} / rounds ))
-  ratio=$(python3 -c "print(f'{$l/$t:.2f}' if $t else 'n/a')")
-  printf "%-14s %12s %12s %8s\n" "$name" "$t" "$l" "$ratio"
-done
+compare_with_tgt "iscsi://127.0.0.1:$port_t/$iqn_t/1" "iscsi://127.0.0.1:$port_l/$iqn_l/1"
