@@ -78,13 +78,25 @@ let package = Package(
         .target(
             name: "LiveMount",
             dependencies: [
-                "Cache", "Repository", "BlockDevice", "SQLiteStore",
+                "Prefetch", "GuestFS", "Cache", "Repository", "BlockDevice", "SQLiteStore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
             ],
             swiftSettings: strict
         ),
+
+        // MARK: - Prefetch: boot traces, training, plan following, replay; guest file systems
+        .target(
+            name: "Prefetch",
+            dependencies: [
+                "SQLiteStore", "BlockDevice",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .target(name: "GuestFS", swiftSettings: strict),
 
         // MARK: - SCSI (SPC-4 / SBC-4 emulation)
         .target(
@@ -155,7 +167,7 @@ let package = Package(
             name: "livemountd",
             dependencies: [
                 "LiveMountConfig", "TargetServer", "SCSI", "BlockDevice", "LiveMount", "Cache", "Repository",
-                "ControlPlane",
+                "ControlPlane", "Prefetch", "GuestFS",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -168,7 +180,7 @@ let package = Package(
         .executableTarget(
             name: "livemount",
             dependencies: [
-                "Repository", "ControlPlane", "BlockDevice",
+                "Repository", "ControlPlane", "BlockDevice", "Prefetch", "GuestFS",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -205,11 +217,17 @@ let package = Package(
             name: "LiveMountTests",
             dependencies: [
                 "LiveMount", "Cache", "Repository", "BlockDevice", "SCSI", "TargetServer", "ControlPlane",
-                "LiveMountConfig", "CLibISCSI",
+                "LiveMountConfig", "CLibISCSI", "Prefetch", "GuestFS",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
+        .testTarget(
+            name: "PrefetchTests",
+            dependencies: ["Prefetch", "BlockDevice", "SQLiteStore", .product(name: "NIOCore", package: "swift-nio")],
+            resources: [.copy("Traces")]
+        ),
+        .testTarget(name: "GuestFSTests", dependencies: ["GuestFS"]),
         .testTarget(
             name: "SCSITests",
             dependencies: ["SCSI", "BlockDevice", .product(name: "NIOCore", package: "swift-nio")]

@@ -1,0 +1,1 @@
+// Tests for the Prefetch module: trace storage and CSV, training, plan following, replay.
