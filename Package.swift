@@ -136,7 +136,7 @@ let package = Package(
         .target(
             name: "LiveMountConfig",
             dependencies: [
-                "TargetServer", "SCSI", "BlockDevice",
+                "TargetServer", "SCSI", "BlockDevice", "Prefetch",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict
@@ -146,6 +146,7 @@ let package = Package(
         .target(
             name: "ControlPlane",
             dependencies: [
+                "Prefetch",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -234,7 +235,7 @@ let package = Package(
         ),
         .testTarget(
             name: "LiveMountConfigTests",
-            dependencies: ["LiveMountConfig"]
+            dependencies: ["LiveMountConfig", "Prefetch"]
         ),
         .testTarget(
             name: "TargetServerTests",

@@ -42,6 +42,9 @@ public protocol BlockDevice: AnyObject, Sendable {
     func allocationStatus(offset: UInt64, length: Int) async throws(BlockDeviceError) -> [AllocationExtent]
     /// Releases the device's resources (file descriptors, io contexts).
     func close() async
+    /// A session logged in to the device's target (a new I_T nexus): a guest (re)booting. Live mounts start
+    /// their per-boot trace recording here; other devices ignore it.
+    func sessionStarted()
 }
 
 /// One run of blocks with the same provisioning status, for GET LBA STATUS
@@ -70,6 +73,8 @@ extension BlockDevice {
     }
 
     public func readIfReady(offset: UInt64, length: Int) -> ByteBuffer? { nil }
+
+    public func sessionStarted() {}
 
     public func readAsync(
         offset: UInt64, length: Int, completion: @escaping @Sendable (Result<ByteBuffer, BlockDeviceError>) -> Void

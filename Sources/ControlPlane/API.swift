@@ -1,3 +1,5 @@
+import Prefetch
+
 // MARK: - The control API's bodies (shared by livemountd and the livemount CLI)
 
 /// `POST /v1/mounts`: live-mount a backup disk as a LUN of a served target.
@@ -10,13 +12,81 @@ public struct MountRequest: Codable, Sendable, Equatable {
     /// nil = the lowest free LUN of the target.
     public var lun: UInt64?
     public var readOnly: Bool?
+    /// The profile its traces and plan belong to; nil = the VM's name.
+    public var profile: String?
+    /// Follow the profile's prefetch plan; nil = yes.
+    public var prefetch: Bool?
+    /// Record the first this-many seconds of every boot; nil or 0 = off.
+    public var recordBootSeconds: Int?
 
-    public init(backup: String, disk: String? = nil, target: String, lun: UInt64? = nil, readOnly: Bool? = nil) {
+    public init(
+        backup: String, disk: String? = nil, target: String, lun: UInt64? = nil, readOnly: Bool? = nil,
+        profile: String? = nil, prefetch: Bool? = nil, recordBootSeconds: Int? = nil
+    ) {
         self.backup = backup
         self.disk = disk
         self.target = target
         self.lun = lun
         self.readOnly = readOnly
+        self.profile = profile
+        self.prefetch = prefetch
+        self.recordBootSeconds = recordBootSeconds
+    }
+}
+
+/// `GET /v1/mounts/TARGET/LUN`: one mount with its recording and prefetch figures.
+public struct MountStatusInfo: Codable, Sendable, Equatable {
+    public var mount: MountInfo
+    /// The profile its traces and plan belong to.
+    public var profile: String
+    public var prefetchEnabled: Bool
+    public var recordBootSeconds: Int
+    /// The recording running now, if any.
+    public var recording: RecordingStatus?
+    /// The prefetcher's figures, when the mount follows a plan.
+    public var prefetch: PrefetchStatistics?
+
+    public init(
+        mount: MountInfo, profile: String, prefetchEnabled: Bool, recordBootSeconds: Int, recording: RecordingStatus?,
+        prefetch: PrefetchStatistics?
+    ) {
+        self.mount = mount
+        self.profile = profile
+        self.prefetchEnabled = prefetchEnabled
+        self.recordBootSeconds = recordBootSeconds
+        self.recording = recording
+        self.prefetch = prefetch
+    }
+}
+
+/// `POST /v1/mounts/TARGET/LUN/trace`: start or stop recording the mount's reads.
+public struct TraceRecordRequest: Codable, Sendable, Equatable {
+    /// `start` or `stop`.
+    public var action: String
+    /// Start: the profile (default: the mount's).
+    public var profile: String?
+    /// Start: stop by itself after this many seconds (default: when stopped).
+    public var seconds: Int?
+
+    public init(action: String, profile: String? = nil, seconds: Int? = nil) {
+        self.action = action
+        self.profile = profile
+        self.seconds = seconds
+    }
+}
+
+/// The answer to a `TraceRecordRequest`.
+public struct TraceRecordResponse: Codable, Sendable, Equatable {
+    /// `recording` or `stopped`.
+    public var state: String
+    public var profile: String
+    /// The trace id (after stop; after start once reads were stored).
+    public var trace: Int64?
+
+    public init(state: String, profile: String, trace: Int64?) {
+        self.state = state
+        self.profile = profile
+        self.trace = trace
     }
 }
 

@@ -2,6 +2,7 @@ import BlockDevice
 import Cache
 import Logging
 import NIOCore
+import Prefetch
 import Repository
 import Synchronization
 
@@ -29,6 +30,8 @@ public final class LiveMountDevice: BlockDevice {
     private let readaheadChunks: Int
     private let readahead = Mutex(ReadaheadState())
     private let logger: Logger
+    /// The trace recorder and the prefetcher, when the mount has them.
+    public let activity: MountActivity
 
     /// Where a sequential reader was and how far ahead chunks have been staged.
     private struct ReadaheadState {
@@ -52,11 +55,46 @@ public final class LiveMountDevice: BlockDevice {
         self.isReadOnly = overlay == nil
         self.readaheadChunks = readaheadChunks
         self.logger = logger
+        self.activity = MountActivity(blockSize: blockSize, logger: logger)
     }
 
     // MARK: - Reads
 
     public func read(offset: UInt64, length: Int) async throws(BlockDeviceError) -> ByteBuffer {
+        guard let ticket = activity.begin(offset: offset, length: length) else {
+            return try await readData(offset: offset, length: length)
+        }
+        let source = readSource(offset: offset, length: length)
+        let data = try await readData(offset: offset, length: length)
+        activity.end(ticket, source: source)
+        return data
+    }
+
+    /// Where a read will be served from (for its trace record): the slowest of its parts.
+    private func readSource(offset: UInt64, length: Int) -> ReadSource {
+        let extents =
+            overlay?.extents(offset: offset, length: length)
+            ?? [OverlayExtent(offset: offset, length: length, kind: .absent)]
+        var worst = ReadSource.zero
+        let chunkSize = UInt64(manifest.chunkSize)
+        for extent in extents {
+            switch extent.kind {
+            case .data: worst = max(worst, .overlay)
+            case .zero: break
+            case .absent:
+                guard extent.length > 0 else { continue }
+                let first = Int(extent.offset / chunkSize)
+                let last = Int((extent.offset + UInt64(extent.length) - 1) / chunkSize)
+                for index in first...last where index < manifest.chunkCount {
+                    guard let id = manifest.chunk(at: index) else { continue }
+                    worst = max(worst, cache.contains(id) ? .cache : .backup)
+                }
+            }
+        }
+        return worst
+    }
+
+    private func readData(offset: UInt64, length: Int) async throws(BlockDeviceError) -> ByteBuffer {
         guard let overlay else { return try await readBackup(offset: offset, length: length) }
         let extents = overlay.extents(offset: offset, length: length)
         if extents.count == 1, let only = extents.first {
@@ -80,6 +118,14 @@ public final class LiveMountDevice: BlockDevice {
         offset: UInt64, length: Int, completion: @escaping @Sendable (Result<ByteBuffer, BlockDeviceError>) -> Void
     ) -> Bool {
         guard length > 0 else { return false }
+        guard activity.isListening else { return readDataAsync(offset: offset, length: length, completion: completion) }
+        // Recording or prefetching: reads take the async path, which reports them.
+        return false
+    }
+
+    private func readDataAsync(
+        offset: UInt64, length: Int, completion: @escaping @Sendable (Result<ByteBuffer, BlockDeviceError>) -> Void
+    ) -> Bool {
         let kind: OverlayExtent.Kind
         if let overlay {
             let extents = overlay.extents(offset: offset, length: length)
@@ -293,8 +339,13 @@ public final class LiveMountDevice: BlockDevice {
         return result
     }
 
+    public func sessionStarted() {
+        activity.sessionStarted()
+    }
+
     /// Makes the guest's writes durable (a clean shutdown loses nothing), then closes the overlay.
     public func close() async {
+        await activity.close()
         do {
             try await overlay?.flush()
         } catch {

@@ -2,6 +2,7 @@ import BlockDevice
 import Cache
 import Foundation
 import Logging
+import Prefetch
 import Repository
 import SQLiteStore
 import Synchronization
@@ -37,6 +38,11 @@ public struct MountRecord: Sendable, Equatable, Codable {
     public var state: State
     /// Seconds since 1970 when it was first mounted.
     public var createdAt: Int64
+    /// Profile, prefetch and boot recording.
+    public var options = MountOptions()
+
+    /// The profile its traces and plan belong to: the configured one, else the VM's name.
+    public var profile: String { options.profile ?? vm }
 }
 
 /// Why a mount could not be made, found or removed; the message names what was wrong.
@@ -75,6 +81,9 @@ public final class MountManager: Sendable {
     private let database: SQLiteDatabase
     private let logger: Logger
     private let overlayDirect: Bool
+    /// Boot traces and prefetch plans (nil: no recording, no prefetch).
+    public let traces: TraceStore?
+    private let prefetchSettings: PrefetchSettings
 
     static let migrations = [
         Migration(
@@ -94,14 +103,24 @@ public final class MountManager: Sendable {
                     created_at INTEGER NOT NULL
                 );
                 CREATE UNIQUE INDEX mounts_lun ON mounts(target, lun) WHERE state = 'mounted';
-                """)
+                """),
+        Migration(
+            name: "v2-mount-options",
+            sql: """
+                ALTER TABLE mounts ADD COLUMN profile TEXT;
+                ALTER TABLE mounts ADD COLUMN prefetch INTEGER NOT NULL DEFAULT 1;
+                ALTER TABLE mounts ADD COLUMN record_seconds INTEGER NOT NULL DEFAULT 0;
+                """),
     ]
 
     /// Opens (creating) the registry in `directory`.
     public init(
         repository: BackupRepository, source: any ChunkSource, cache: ChunkCache, directory: String,
-        overlayDirect: Bool = true, logger: Logger
+        overlayDirect: Bool = true, traces: TraceStore? = nil, prefetch: PrefetchSettings = PrefetchSettings(),
+        logger: Logger
     ) throws(MountError) {
+        self.traces = traces
+        self.prefetchSettings = prefetch
         self.repository = repository
         self.source = source
         self.cache = cache
@@ -138,14 +157,19 @@ public final class MountManager: Sendable {
     /// backup, same overlay); one whose reference changed keeps the old overlay aside (`kept`) and starts anew.
     public func mount(
         target: String, lun: UInt64, vm: String, backupID: Int64?, disk: String?, readOnly: Bool,
-        origin: MountRecord.Origin, blockSize: Int = 512
+        origin: MountRecord.Origin, blockSize: Int = 512, options: MountOptions = MountOptions()
     ) async throws(MountError) -> (MountRecord, LiveMountDevice) {
         let reference = vm + (backupID.map { "@\($0)" } ?? "") + (disk.map { "/\($0)" } ?? "")
         if let existing = try record(target: target, lun: lun) {
             if origin == .configuration, existing.origin == .configuration, existing.reference == reference,
                 existing.readOnly == readOnly
             {
-                return (existing, try await open(existing, blockSize: blockSize))
+                var reopened = existing
+                if reopened.options != options {
+                    try setOptions(existing.id, options)
+                    reopened.options = options
+                }
+                return (reopened, try await open(reopened, blockSize: blockSize))
             }
             guard origin == .configuration else {
                 throw MountError(
@@ -178,6 +202,8 @@ public final class MountManager: Sendable {
                 _ = try database.run(
                     "UPDATE mounts SET target = ?, lun = ?, reference = ?, origin = ?, state = 'mounted' WHERE id = ?",
                     [target, Int64(lun), reference, origin.rawValue, resumed.id])
+                try setOptions(resumed.id, options)
+                resumed.options = options
                 resumed.target = target
                 resumed.lun = lun
                 resumed.reference = reference
@@ -189,16 +215,18 @@ public final class MountManager: Sendable {
                 let now = Int64(Date().timeIntervalSince1970)
                 let id = try database.insert(
                     """
-                    INSERT INTO mounts (target, lun, reference, backup_id, vm, disk, read_only, origin, state, created_at)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'mounted', ?)
+                    INSERT INTO mounts (target, lun, reference, backup_id, vm, disk, read_only, origin, state, created_at,
+                        profile, prefetch, record_seconds)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'mounted', ?, ?, ?, ?)
                     """,
                     [
                         target, Int64(lun), reference, backup.id, backup.vm, manifest.name, readOnly, origin.rawValue,
-                        now,
+                        now, options.profile, options.prefetch, Int64(options.recordBootSeconds),
                     ])
                 record = MountRecord(
                     id: id, target: target, lun: lun, reference: reference, backupID: backup.id, vm: backup.vm,
-                    disk: manifest.name, readOnly: readOnly, origin: origin, state: .mounted, createdAt: now)
+                    disk: manifest.name, readOnly: readOnly, origin: origin, state: .mounted, createdAt: now,
+                    options: options)
             }
         } catch {
             throw MountError(.failed, "cannot record the mount: \(error)")
@@ -254,8 +282,46 @@ public final class MountManager: Sendable {
                 throw MountError(.failed, "cannot open the write overlay of mount \(record.id): \(error)")
             }
         }
-        return LiveMountDevice(
+        let device = LiveMountDevice(
             manifest: manifest, source: source, cache: cache, overlay: overlay, blockSize: blockSize, logger: logger)
+        await attachPrefetchAndRecording(device, record)
+        return device
+    }
+
+    /// Boot recording and the profile's plan (issue 4): the first seconds of the plan are staged here, before
+    /// the caller adds the LUN to its target, so the guest's first reads hit.
+    private func attachPrefetchAndRecording(_ device: LiveMountDevice, _ record: MountRecord) async {
+        guard let traces else { return }
+        let manifest = device.manifest
+        let profile = record.profile
+        if record.options.recordBootSeconds > 0 {
+            let template = TraceInfo(
+                profile: profile, vm: record.vm, backupID: String(record.backupID), disk: record.disk,
+                blockSize: device.blockSize, chunkSize: manifest.chunkSize, recordedAt: 0)
+            device.activity.setAutoRecord(
+                MountActivity.AutoRecord(store: traces, template: template, seconds: record.options.recordBootSeconds))
+        }
+        guard record.options.prefetch else { return }
+        let plan: PrefetchPlan?
+        do {
+            plan = try traces.plan(profile: profile)
+        } catch {
+            logger.warning("cannot read the prefetch plan", metadata: ["profile": "\(profile)", "error": "\(error)"])
+            return
+        }
+        guard let plan, !plan.entries.isEmpty else { return }
+        let prefetcher = Prefetcher(
+            plan: plan, manifest: manifest, cache: cache, source: source, settings: prefetchSettings, logger: logger)
+        let (files, problems) = await guestFileExtents(device, profile: profile)
+        await prefetcher.prestage(files: files, fileProblems: problems)
+        device.activity.attach(prefetcher)
+    }
+
+    /// The blocks of the guest files the profile names (none yet: see GuestFS).
+    private func guestFileExtents(_ device: LiveMountDevice, profile: String) async
+        -> ([(offset: UInt64, length: UInt64)], [String])
+    {
+        ([], [])
     }
 
     // MARK: Unmounting
@@ -303,6 +369,16 @@ public final class MountManager: Sendable {
         }
     }
 
+    private func setOptions(_ id: Int64, _ options: MountOptions) throws(MountError) {
+        do {
+            _ = try database.run(
+                "UPDATE mounts SET profile = ?, prefetch = ?, record_seconds = ? WHERE id = ?",
+                [options.profile, options.prefetch, Int64(options.recordBootSeconds), id])
+        } catch {
+            throw MountError(.failed, "cannot update the mount registry: \(error)")
+        }
+    }
+
     private func setState(_ id: Int64, _ state: MountRecord.State) throws(MountError) {
         do {
             _ = try database.run("UPDATE mounts SET state = ? WHERE id = ?", [state.rawValue, id])
@@ -326,9 +402,12 @@ public final class MountManager: Sendable {
                 let state = row.string("state").flatMap(MountRecord.State.init(rawValue:)),
                 let created = row.int64("created_at")
             else { return nil }
+            let options = MountOptions(
+                profile: row.string("profile"), prefetch: (row.int64("prefetch") ?? 1) != 0,
+                recordBootSeconds: Int(row.int64("record_seconds") ?? 0))
             return MountRecord(
                 id: id, target: target, lun: UInt64(lun), reference: reference, backupID: backupID, vm: vm, disk: disk,
-                readOnly: readOnly != 0, origin: origin, state: state, createdAt: created)
+                readOnly: readOnly != 0, origin: origin, state: state, createdAt: created, options: options)
         }
     }
 }

@@ -1,3 +1,4 @@
+import Prefetch
 import TargetServer
 
 #if canImport(Glibc)
@@ -75,9 +76,12 @@ public struct LUNSpecification: Sendable, Equatable {
     public var writeCache = true
     /// `N=backup:VM[@ID][/DISK]`: a live mount of a backup disk instead of an image path.
     public var backup: BackupReference?
+    /// A backup LUN's `profile=NAME`, `prefetch=on|off` and `record=SECONDS`.
+    public var mountOptions = MountOptions()
 
     /// The options a `--lun` value accepts after the path, for messages and `--help`.
-    public static let optionSummary = "ro, rw, direct=on|off, bs=512|4096, serial=TEXT, wce=on|off"
+    public static let optionSummary =
+        "ro, rw, direct=on|off, bs=512|4096, serial=TEXT, wce=on|off; for backup: profile=NAME, prefetch=on|off, record=SECONDS"
 
     /// Parses `N=PATH[,option]...`. A comma inside the path is written twice (`,,`), as in QEMU.
     public static func parse(_ spec: String) -> Result<LUNSpecification, LUNSpecificationError> {
@@ -127,6 +131,17 @@ public struct LUNSpecification: Sendable, Equatable {
             case ("serial", let v?):
                 if let problem = Checks.serialProblem(v) { return .failure(.init("serial: \(problem)")) }
                 result.serial = v
+            case ("profile", let v?) where result.backup != nil:
+                guard !v.isEmpty else { return .failure(.init("profile=: a profile name must not be empty")) }
+                result.mountOptions.profile = v
+            case ("prefetch", let v?) where result.backup != nil:
+                guard let flag = onOff(v) else { return .failure(.init("prefetch=\(v): expected on or off")) }
+                result.mountOptions.prefetch = flag
+            case ("record", let v?) where result.backup != nil:
+                guard let seconds = Int(v), (1...MountOptions.maximumRecordSeconds).contains(seconds) else {
+                    return .failure(.init("record=\(v): expected seconds, 1-\(MountOptions.maximumRecordSeconds)"))
+                }
+                result.mountOptions.recordBootSeconds = seconds
             default:
                 return .failure(.init("unknown option \"\(option)\" (expected \(optionSummary))"))
             }
@@ -251,12 +266,13 @@ extension DaemonConfiguration {
                 if arguments.cache == nil {
                     diagnostics.error("--lun \(spec)", "a backup LUN needs --cache FILE[,SIZE] (the SSD-tier cache)")
                 }
-                units.append(
-                    LogicalUnitDefinition(
-                        lun: lun.lun, path: "", readOnly: lun.readOnly, direct: lun.direct, blockSize: lun.blockSize,
-                        serialNumber: lun.serial ?? DeviceIdentifiers.serialNumber(targetName: name, lun: lun.lun),
-                        naaIdentifier: DeviceIdentifiers.naaIdentifier(targetName: name, lun: lun.lun),
-                        writeCacheEnabled: lun.writeCache, backup: lun.backup))
+                var unit = LogicalUnitDefinition(
+                    lun: lun.lun, path: "", readOnly: lun.readOnly, direct: lun.direct, blockSize: lun.blockSize,
+                    serialNumber: lun.serial ?? DeviceIdentifiers.serialNumber(targetName: name, lun: lun.lun),
+                    naaIdentifier: DeviceIdentifiers.naaIdentifier(targetName: name, lun: lun.lun),
+                    writeCacheEnabled: lun.writeCache, backup: lun.backup)
+                unit.mountOptions = lun.mountOptions
+                units.append(unit)
             case .success(let lun):
                 let path = absolute(lun.path)
                 if let problem = Checks.backingStoreProblem(

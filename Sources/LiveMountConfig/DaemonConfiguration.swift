@@ -1,5 +1,6 @@
 import BlockDevice
 import Logging
+import Prefetch
 import SCSI
 import TargetServer
 
@@ -33,6 +34,8 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public var cache: CacheSettings?
     /// The control API's Unix socket; nil = `control.sock` in the state directory (none without one).
     public var controlSocket: String?
+    /// How live mounts pre-stage and prefetch (`[prefetch]`).
+    public var prefetch = PrefetchSettings()
 
     /// Where the control API listens: the configured socket, else `STATE_DIR/control.sock`, else nowhere.
     public var effectiveControlSocket: String? {
@@ -106,6 +109,8 @@ public struct LogicalUnitDefinition: Sendable, Equatable {
     public var naaIdentifier: UInt64
     /// Whether the LU reports a volatile write cache (caching mode page WCE, SBC-4 §6.5.5).
     public var writeCacheEnabled: Bool
+    /// A live mount's profile, prefetch and boot recording (`profile`, `prefetch`, `record_boot`).
+    public var mountOptions = MountOptions()
 
     public init(
         lun: UInt64, path: String, readOnly: Bool = false, direct: Bool = true, blockSize: Int = 512,

@@ -1,4 +1,5 @@
 import Logging
+import Prefetch
 import TargetServer
 
 #if canImport(Glibc)
@@ -86,7 +87,10 @@ private struct Section {
 private struct TOMLMapper {
     var diagnostics = Diagnostics()
 
-    static let rootKeys = ["daemon", "portals", "iscsi", "discovery", "repository", "cache", "targets"]
+    static let rootKeys = ["daemon", "portals", "iscsi", "discovery", "repository", "cache", "prefetch", "targets"]
+    static let prefetchKeys = [
+        "prestage_bytes", "prestage_seconds", "prestage_timeout_seconds", "lead_bytes", "lead_seconds", "max_in_flight",
+    ]
     static let daemonKeys = ["state_dir", "log_level", "control_socket"]
     static let repositoryKeys = ["path", "read_latency_ms", "read_bandwidth_mib"]
     static let cacheKeys = ["path", "size", "direct"]
@@ -97,7 +101,10 @@ private struct TOMLMapper {
     ]
     static let discoveryKeys = ["chap"]
     static let targetKeys = ["name", "alias", "allow", "chap", "mutual_chap", "luns"]
-    static let lunKeys = ["lun", "path", "backup", "read_only", "direct", "block_size", "serial", "write_cache"]
+    static let lunKeys = [
+        "lun", "path", "backup", "read_only", "direct", "block_size", "serial", "write_cache", "profile", "prefetch",
+        "record_boot",
+    ]
     static let chapKeys = ["user", "secret"]
 
     /// Data segment and burst lengths (RFC 7143 §13.12-13.14): 512 to 2^24-1.
@@ -185,6 +192,26 @@ private struct TOMLMapper {
                 if let problem = CacheSettings.problem(path: path, size: size) { error(cache.ref("path"), problem) }
                 configuration.cache = CacheSettings(path: path, size: size, direct: direct)
             }
+        }
+
+        if let prefetch = table(root, "prefetch") {
+            checkKeys(prefetch, Self.prefetchKeys)
+            var settings = PrefetchSettings()
+            for key in ["prestage_bytes", "lead_bytes"] {
+                guard let text = string(prefetch, key) else { continue }
+                guard let value = CacheSettings.parseSize(text) else {
+                    error(prefetch.ref(key), "\"\(text)\" is not a size (e.g. \"128M\", bytes)")
+                    continue
+                }
+                if key == "prestage_bytes" { settings.prestageBytes = value } else { settings.leadBytes = value }
+            }
+            if let value = integer(prefetch, "prestage_seconds", 0...3600, nil) { settings.prestageSeconds = Double(value) }
+            if let value = integer(prefetch, "prestage_timeout_seconds", 0...3600, nil) {
+                settings.prestageTimeoutSeconds = Double(value)
+            }
+            if let value = integer(prefetch, "lead_seconds", 0...3600, nil) { settings.leadSeconds = Double(value) }
+            if let value = integer(prefetch, "max_in_flight", 1...1024, nil) { settings.maxInFlight = value }
+            configuration.prefetch = settings
         }
 
         if let targets = tables(root, "targets", required: true) {
@@ -313,13 +340,25 @@ private struct TOMLMapper {
                 error(lun.ref("path"), problem)
             }
         }
+        var options = MountOptions()
+        options.profile = string(lun, "profile")
+        if options.profile?.isEmpty == true { error(lun.ref("profile"), "a profile name must not be empty") }
+        options.prefetch = bool(lun, "prefetch") ?? true
+        options.recordBootSeconds = integer(lun, "record_boot", 0...Int64(MountOptions.maximumRecordSeconds), nil) ?? 0
+        if backup == nil {
+            for key in ["profile", "prefetch", "record_boot"] where lun.table[key] != nil {
+                error(lun.ref(key), "only a backup LUN (backup = ...) has \(key)")
+            }
+        }
         guard let number, path != nil || backup != nil else { return nil }
         let lunNumber = UInt64(number)
-        return LogicalUnitDefinition(
+        var definition = LogicalUnitDefinition(
             lun: lunNumber, path: backup == nil ? path ?? "" : "", readOnly: readOnly, direct: direct, blockSize: blockSize,
             serialNumber: serial ?? DeviceIdentifiers.serialNumber(targetName: targetName, lun: lunNumber),
             naaIdentifier: DeviceIdentifiers.naaIdentifier(targetName: targetName, lun: lunNumber),
             writeCacheEnabled: writeCache, backup: backup)
+        definition.mountOptions = options
+        return definition
     }
 
     /// `chap = { user = "...", secret = "..." }` (or a `[targets.chap]` table).

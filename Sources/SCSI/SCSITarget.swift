@@ -239,6 +239,7 @@ public final class SCSITarget: Sendable {
         for unit in units.withLock({ Array($0.values) }) {
             unit.dropUnitAttentions(for: nexus)
             unit.queueUnitAttention(.powerOnReset, for: nexus)
+            unit.device.sessionStarted()
         }
     }
 

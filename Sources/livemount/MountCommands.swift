@@ -33,6 +33,13 @@ struct DaemonOptions: ParsableArguments {
     }
 }
 
+extension DaemonOptions {
+    /// `/v1/mounts/TARGET/LUN`, the target percent-encoded.
+    static func mountPath(target: String, lun: UInt64) -> String {
+        "/v1/mounts/\(target.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed) ?? target)/\(lun)"
+    }
+}
+
 /// A failure the tool reports as `livemount: MESSAGE` with exit status 1.
 struct CLIError: Error, CustomStringConvertible {
     var description: String
@@ -49,11 +56,21 @@ extension MountInfo {
 
 // MARK: - Commands
 
-/// `livemount mount BACKUP --target IQN [--lun N] [--disk NAME] [--read-only]`.
+/// `livemount mount BACKUP ...` (the default) and `livemount mount status`.
 struct MountCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "mount",
-        abstract: "Live-mount a backup disk as a LUN of a running target.",
+        abstract: "Live-mount a backup disk as a LUN of a running target, or show a mount's status.",
+        subcommands: [MountBackupCommand.self, MountStatusCommand.self],
+        defaultSubcommand: MountBackupCommand.self)
+}
+
+/// `livemount mount [add] BACKUP --target IQN [--lun N] [--disk NAME] [--read-only] [--profile P] [--no-prefetch]
+/// [--record-boot SECONDS]`.
+struct MountBackupCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "add",
+        abstract: "Live-mount a backup disk as a LUN of a running target (the default of `livemount mount`).",
         discussion: """
             BACKUP is VM (its latest backup) or VM@ID. Guest writes go to a persistent overlay; the backup is
             never changed. The daemon remembers the mount across restarts. An overlay kept by an earlier
@@ -77,12 +94,79 @@ struct MountCommand: AsyncParsableCommand {
     @Flag(name: .customLong("read-only"), help: "Serve it read-only (no overlay).")
     var readOnly = false
 
+    @Option(help: ArgumentHelp("Profile for its traces and prefetch plan (default: the VM's name).", valueName: "name"))
+    var profile: String?
+
+    @Flag(name: .customLong("no-prefetch"), help: "Do not follow the profile's prefetch plan.")
+    var noPrefetch = false
+
+    @Option(
+        name: .customLong("record-boot"),
+        help: ArgumentHelp("Record the first SECONDS of every boot as a trace of the profile.", valueName: "seconds"))
+    var recordBoot: Int?
+
+    func validate() throws {
+        if let recordBoot, !(1...3600).contains(recordBoot) {
+            throw ValidationError("--record-boot \(recordBoot): expected seconds, 1-3600")
+        }
+        if profile?.isEmpty == true { throw ValidationError("--profile: a profile name must not be empty") }
+    }
+
     func run() async throws {
         let data = try JSONEncoder().encode(
-            MountRequest(backup: backup, disk: disk, target: target, lun: lun, readOnly: readOnly))
+            MountRequest(
+                backup: backup, disk: disk, target: target, lun: lun, readOnly: readOnly, profile: profile,
+                prefetch: noPrefetch ? false : nil, recordBootSeconds: recordBoot))
         let answer = try await daemon.call("POST", "/v1/mounts", body: Array(data))
         let mount = try JSONDecoder().decode(MountInfo.self, from: Data(answer))
         print("mounted \(mount.vm)@\(mount.backupID)/\(mount.disk) as LUN \(mount.lun) of \(mount.target)")
+    }
+}
+
+/// `livemount mount status --target IQN --lun N`: recording and prefetch figures.
+struct MountStatusCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "status", abstract: "Show one live mount: its profile, recording, and prefetch figures.")
+
+    @OptionGroup var daemon: DaemonOptions
+
+    @Option(help: ArgumentHelp("The target.", valueName: "iqn"))
+    var target: String
+
+    @Option(help: ArgumentHelp("The LUN.", valueName: "n"))
+    var lun: UInt64
+
+    @Flag(help: "Print the daemon's JSON.")
+    var json = false
+
+    func run() async throws {
+        let answer = try await daemon.call("GET", DaemonOptions.mountPath(target: target, lun: lun))
+        if json {
+            print(String(decoding: answer, as: UTF8.self))
+            return
+        }
+        let status = try JSONDecoder().decode(MountStatusInfo.self, from: Data(answer))
+        print(status.mount.line)
+        print("profile: \(status.profile)  prefetch: \(status.prefetchEnabled ? "on" : "off")  "
+            + "record boots: \(status.recordBootSeconds > 0 ? "first \(status.recordBootSeconds) s" : "off")")
+        if let recording = status.recording {
+            print("recording: \(recording.reads) reads into profile \(recording.profile)"
+                + (recording.trace.map { " (trace \($0))" } ?? "")
+                + (recording.limitSeconds.map { ", stops after \($0) s" } ?? ""))
+        }
+        guard let p = status.prefetch else {
+            print("prefetch: no plan followed")
+            return
+        }
+        let mib = { (bytes: UInt64) in String(format: "%.1f MiB", Double(bytes) / 1_048_576) }
+        print("plan: \(p.planEntries) extents, \(mib(p.planBytes)); \(p.phase), at extent \(p.position)")
+        print("pre-staged: \(mib(p.prestagedBytes)) in \(String(format: "%.2f", p.prestageSeconds)) s"
+            + (p.filesStaged > 0 ? ", \(p.filesStaged) chunks of guest files" : ""))
+        for problem in p.fileProblems { print("  guest file: \(problem)") }
+        print("staged \(mib(p.stagedBytes)), used \(mib(p.usedBytes)); guest hits \(mib(p.hitBytes)), "
+            + "misses \(mib(p.missBytes)), warm \(mib(p.warmBytes))")
+        print(String(format: "precision %.3f  recall %.3f  lead time median %.2f s (p10 %.2f s)",
+            p.precision, p.recall, p.leadTimeMedian, p.leadTimeP10))
     }
 }
 
@@ -104,9 +188,7 @@ struct UnmountCommand: AsyncParsableCommand {
     var discardOverlay = false
 
     func run() async throws {
-        let path =
-            "/v1/mounts/\(target.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed) ?? target)/\(lun)"
-            + "?overlay=\(discardOverlay ? "discard" : "keep")"
+        let path = DaemonOptions.mountPath(target: target, lun: lun) + "?overlay=\(discardOverlay ? "discard" : "keep")"
         _ = try await daemon.call("DELETE", path)
         print("unmounted LUN \(lun) of \(target) (overlay \(discardOverlay ? "discarded" : "kept"))")
     }

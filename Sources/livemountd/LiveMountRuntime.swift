@@ -5,6 +5,7 @@ import Foundation
 import LiveMount
 import LiveMountConfig
 import Logging
+import Prefetch
 import Repository
 import SCSI
 import TargetServer
@@ -15,11 +16,14 @@ final class LiveMountRuntime: Sendable {
     let repository: BackupRepository
     let cache: ChunkCache
     let mounts: MountManager
+    /// Boot traces and prefetch plans (`traces.sqlite` beside the mount registry's directory).
+    let traces: TraceStore
 
-    private init(repository: BackupRepository, cache: ChunkCache, mounts: MountManager) {
+    private init(repository: BackupRepository, cache: ChunkCache, mounts: MountManager, traces: TraceStore) {
         self.repository = repository
         self.cache = cache
         self.mounts = mounts
+        self.traces = traces
     }
 
     /// Opens the repository (throttled as configured), the cache file and the registry. Overlays and
@@ -44,10 +48,14 @@ final class LiveMountRuntime: Sendable {
                 direct: cacheSettings.direct),
             logger: logger)
         let directory = configuration.stateDirectory.map { $0 + "/mounts" } ?? cacheSettings.path + ".state"
+        let tracesPath = (configuration.stateDirectory ?? cacheSettings.path + ".state") + "/traces.sqlite"
+        try FileManager.default.createDirectory(
+            atPath: (tracesPath as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        let traces = try TraceStore.open(path: tracesPath)
         let mounts = try MountManager(
             repository: repository, source: source, cache: cache, directory: directory,
-            overlayDirect: cacheSettings.direct, logger: logger)
-        return LiveMountRuntime(repository: repository, cache: cache, mounts: mounts)
+            overlayDirect: cacheSettings.direct, traces: traces, prefetch: configuration.prefetch, logger: logger)
+        return LiveMountRuntime(repository: repository, cache: cache, mounts: mounts, traces: traces)
     }
 
     /// Opens a configured LUN: a live mount for `backup =` LUNs, the image or device otherwise.
@@ -58,7 +66,7 @@ final class LiveMountRuntime: Sendable {
         }
         let (_, device) = try await mounts.mount(
             target: target.name, lun: unit.lun, vm: backup.vm, backupID: backup.backupID, disk: backup.disk,
-            readOnly: unit.readOnly, origin: .configuration, blockSize: unit.blockSize)
+            readOnly: unit.readOnly, origin: .configuration, blockSize: unit.blockSize, options: unit.mountOptions)
         return device
     }
 }
@@ -87,6 +95,12 @@ struct ControlRoutes: Sendable {
                 }
             case ("POST", 2) where path == ["v1", "mounts"]:
                 return .json(try await mount(try request.decode(MountRequest.self)), status: 201)
+            case ("GET", 4) where path[0] == "v1" && path[1] == "mounts":
+                return .json(try mountStatus(target: path[2], lun: try Self.lun(path[3])))
+            case ("POST", 5) where path[0] == "v1" && path[1] == "mounts" && path[4] == "trace":
+                return .json(
+                    try await record(
+                        target: path[2], lun: try Self.lun(path[3]), try request.decode(TraceRecordRequest.self)))
             case ("DELETE", 4) where path[0] == "v1" && path[1] == "mounts":
                 guard let lun = UInt64(path[3]) else { throw ControlError(status: 400, "\"\(path[3])\" is not a LUN") }
                 let overlay = request.query["overlay"] ?? "keep"
@@ -99,6 +113,64 @@ struct ControlRoutes: Sendable {
             }
         } catch {
             return .error(error)
+        }
+    }
+
+    private static func lun(_ text: String) throws(ControlError) -> UInt64 {
+        guard let lun = UInt64(text) else { throw ControlError(status: 400, "\"\(text)\" is not a LUN") }
+        return lun
+    }
+
+    /// The mount on `lun` of `target` and its live device.
+    private func mounted(target: String, lun: UInt64) throws(ControlError) -> (MountRecord, LiveMountDevice) {
+        let runtime = try requireRuntime()
+        let record: MountRecord?
+        do {
+            record = try runtime.mounts.record(target: target, lun: lun)
+        } catch {
+            throw ControlError(status: 500, error.description)
+        }
+        guard let record, let device = server.scsiTarget(named: target)?.device(lun: lun) as? LiveMountDevice else {
+            throw ControlError(status: 404, "no live mount on LUN \(lun) of target \(target)")
+        }
+        return (record, device)
+    }
+
+    private func mountStatus(target: String, lun: UInt64) throws(ControlError) -> MountStatusInfo {
+        let (record, device) = try mounted(target: target, lun: lun)
+        return MountStatusInfo(
+            mount: MountInfo(record), profile: record.profile, prefetchEnabled: record.options.prefetch,
+            recordBootSeconds: record.options.recordBootSeconds, recording: device.activity.recording,
+            prefetch: device.activity.prefetcher?.statistics)
+    }
+
+    private func record(target: String, lun: UInt64, _ request: TraceRecordRequest) async throws(ControlError)
+        -> TraceRecordResponse
+    {
+        let runtime = try requireRuntime()
+        let (record, device) = try mounted(target: target, lun: lun)
+        switch request.action {
+        case "start":
+            if let seconds = request.seconds, !(1...MountOptions.maximumRecordSeconds).contains(seconds) {
+                throw ControlError(status: 400, "seconds: \(seconds) out of range (1-\(MountOptions.maximumRecordSeconds))")
+            }
+            let profile = request.profile ?? record.profile
+            guard !profile.isEmpty else { throw ControlError(status: 400, "profile: must not be empty") }
+            let info = TraceInfo(
+                profile: profile, vm: record.vm, backupID: String(record.backupID), disk: record.disk,
+                blockSize: device.blockSize, chunkSize: device.manifest.chunkSize, recordedAt: 0, note: "recorded by hand")
+            guard device.activity.startRecording(store: runtime.traces, info: info, seconds: request.seconds) else {
+                throw ControlError(status: 409, "LUN \(lun) of target \(target) is already recording")
+            }
+            return TraceRecordResponse(state: "recording", profile: profile, trace: nil)
+        case "stop":
+            guard let status = device.activity.recording else {
+                throw ControlError(status: 409, "LUN \(lun) of target \(target) is not recording")
+            }
+            let id = await device.activity.stopRecording()
+            return TraceRecordResponse(state: "stopped", profile: status.profile, trace: id)
+        default:
+            throw ControlError(status: 400, "action: \"\(request.action)\": expected start or stop")
         }
     }
 
@@ -142,6 +214,14 @@ struct ControlRoutes: Sendable {
         case .success(let value): reference = value
         case .failure(let problem): throw ControlError(status: 400, "backup: \(problem)")
         }
+        if let seconds = request.recordBootSeconds, !(0...MountOptions.maximumRecordSeconds).contains(seconds) {
+            throw ControlError(
+                status: 400, "recordBootSeconds: \(seconds) out of range (0-\(MountOptions.maximumRecordSeconds))")
+        }
+        if request.profile?.isEmpty == true { throw ControlError(status: 400, "profile: must not be empty") }
+        let options = MountOptions(
+            profile: request.profile, prefetch: request.prefetch ?? true,
+            recordBootSeconds: request.recordBootSeconds ?? 0)
         let used = Set(scsi.luns)
         let lun: UInt64
         if let requested = request.lun {
@@ -161,7 +241,8 @@ struct ControlRoutes: Sendable {
         do {
             (record, device) = try await runtime.mounts.mount(
                 target: request.target, lun: lun, vm: reference.vm, backupID: reference.backupID,
-                disk: request.disk ?? reference.disk, readOnly: request.readOnly ?? false, origin: .api)
+                disk: request.disk ?? reference.disk, readOnly: request.readOnly ?? false, origin: .api,
+                options: options)
         } catch {
             throw ControlError(status: Self.status(of: error), error.description)
         }
