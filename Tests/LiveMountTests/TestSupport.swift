@@ -4,6 +4,7 @@ import Foundation
 import LiveMount
 import Logging
 import NIOCore
+import Prefetch
 import Repository
 import SCSI
 import TargetServer
@@ -85,7 +86,7 @@ struct Fixture {
     /// Opens the cache and the mount manager again over the same files (a daemon restart).
     static func reopen(
         scratch: Scratch, repository: BackupRepository, disk: [UInt8], cacheSize: UInt64 = 64 << 20,
-        source wrap: ((any ChunkSource) -> any ChunkSource)? = nil
+        source wrap: ((any ChunkSource) -> any ChunkSource)? = nil, traces: TraceStore? = nil
     ) async throws -> Fixture {
         let cache = try await ChunkCache.open(
             CacheConfiguration(
@@ -94,7 +95,7 @@ struct Fixture {
         let source = wrap?(repository.chunkSource) ?? repository.chunkSource
         let manager = try MountManager(
             repository: repository, source: source, cache: cache, directory: scratch.path + "/state",
-            logger: quietLogger)
+            traces: traces, logger: quietLogger)
         return Fixture(scratch: scratch, repository: repository, cache: cache, manager: manager, disk: disk)
     }
 
