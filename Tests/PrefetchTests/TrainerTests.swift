@@ -190,8 +190,9 @@ struct TrainerTests {
             info: TraceInfo(id: 1, profile: "p", vm: "v", blockSize: 512, chunkSize: 65_536, recordedAt: 0),
             reads: [TraceRead(issued: 0, completed: 10, lba: 0, blocks: 40 * 128, source: .backup, prefetched: false)])
         let plan = PlanTrainer.train([trace], profile: "p", granularity: 65_536, now: 0)
-        #expect(plan.entries.map(\.length) == [16 * 65_536, 16 * 65_536, 8 * 65_536])
-        #expect(plan.entries.map(\.offset) == [0, 16 * 65_536, 32 * 65_536])
+        let granule: UInt64 = 65_536
+        #expect(plan.entries.map(\.length) == [16 * granule, 16 * granule, 8 * granule])
+        #expect(plan.entries.map(\.offset) == [0, 16 * granule, 32 * granule])
     }
 
     @Test("adjacent granules read far apart in time stay separate entries")
@@ -224,6 +225,6 @@ struct TrainerTests {
         #expect(PlanTrainer.median([5]) == 5)
         #expect(PlanTrainer.median([9, 1, 5]) == 5)
         #expect(PlanTrainer.median([10, 1, 20, 2]) == 6)
-        #expect(PlanTrainer.median([.max, .max - 2]) == .max - 1)
+        #expect(PlanTrainer.median([UInt64.max, UInt64.max - 2]) == UInt64.max - 1)
     }
 }
