@@ -292,7 +292,8 @@ public enum TraceCSV {
         }
         guard let blockSize = try integer("block_size", minimum: 1).map(Int.init) ?? defaults?.blockSize else {
             throw TraceCSVError(
-                source: source, line: nil, field: "block_size", reason: "no '# block_size=' line and no block size given")
+                source: source, line: nil, field: "block_size",
+                reason: "no '# block_size=' line and no block size given")
         }
         let chunkSize = try integer("chunk_size", minimum: 1).map(Int.init) ?? defaults?.chunkSize ?? (1 << 20)
         let recordedAt = try integer("recorded_at", minimum: Int64.min) ?? defaults?.recordedAt ?? 0

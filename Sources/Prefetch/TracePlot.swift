@@ -26,7 +26,8 @@ public enum TracePlot {
         var lines: [String] = [label("LBA")]
         for row in stride(from: height - 1, through: 0, by: -1) {
             let name =
-                row == height - 1 ? label(top) : row == 0 ? label(bottom) : row == height / 2 ? label(middle) : label("")
+                row == height - 1
+                ? label(top) : row == 0 ? label(bottom) : row == height / 2 ? label(middle) : label("")
             let cells = counts[row].map { count -> Character in
                 switch count {
                 case 0: " "

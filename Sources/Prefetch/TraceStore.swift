@@ -127,7 +127,9 @@ public struct TraceSummary: Sendable, Equatable, Codable {
         }
         summary.span = trace.reads.isEmpty ? 0 : last - first
         var sweep = UnionSweep()
-        for read in trace.reads.sorted(by: { $0.lba < $1.lba }) { sweep.add(lba: read.lba, blocks: UInt64(read.blocks)) }
+        for read in trace.reads.sorted(by: { $0.lba < $1.lba }) {
+            sweep.add(lba: read.lba, blocks: UInt64(read.blocks))
+        }
         summary.uniqueBytes = sweep.total * blockSize
         self = summary
     }
@@ -421,7 +423,10 @@ public final class TraceStore: Sendable {
                 try conn.run("DELETE FROM plans WHERE profile = ?", [plan.profile])
                 try conn.run(
                     "INSERT INTO plans (profile, granularity, trace_ids, created_at) VALUES (?, ?, ?, ?)",
-                    [plan.profile, plan.granularity, plan.traceIDs.map(String.init).joined(separator: ","), plan.createdAt])
+                    [
+                        plan.profile, plan.granularity, plan.traceIDs.map(String.init).joined(separator: ","),
+                        plan.createdAt,
+                    ])
                 let insert = try conn.prepare(
                     """
                     INSERT INTO plan_entries (profile, seq, offset, length, support, expected_time)

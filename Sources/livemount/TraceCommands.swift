@@ -61,7 +61,8 @@ func reportingTraceFailures(_ body: () throws -> Void) throws {
 func unknownProfile(_ profile: String, _ store: TraceStore) -> TraceCommandError {
     let known = (try? store.profiles()) ?? []
     return TraceCommandError(
-        "unknown profile \(profile)" + (known.isEmpty ? " (the store has none)" : " (known: \(known.joined(separator: ", ")))"))
+        "unknown profile \(profile)"
+            + (known.isEmpty ? " (the store has none)" : " (known: \(known.joined(separator: ", ")))"))
 }
 
 // MARK: - livemount trace
@@ -250,7 +251,8 @@ struct TraceImportCommand: ParsableCommand {
             }
             let chunkBytes = chunkSize.flatMap(parseSize)
             let defaults = TraceInfo(
-                profile: profile ?? "", vm: profile ?? "", blockSize: blockSize ?? 0, chunkSize: chunkBytes ?? (1 << 20),
+                profile: profile ?? "", vm: profile ?? "", blockSize: blockSize ?? 0,
+                chunkSize: chunkBytes ?? (1 << 20),
                 recordedAt: Int64(Date().timeIntervalSince1970),
                 note: "imported from \((file as NSString).lastPathComponent)")
             var trace = try TraceCSV.parse(text, source: file, defaults: defaults)
@@ -446,7 +448,8 @@ struct TraceFilesCommand: ParsableCommand {
     @Argument(help: "The profile.")
     var profile: String
 
-    @Option(name: .customLong("set"), parsing: .upToNextOption, help: ArgumentHelp("The guest paths.", valueName: "path"))
+    @Option(
+        name: .customLong("set"), parsing: .upToNextOption, help: ArgumentHelp("The guest paths.", valueName: "path"))
     var paths: [String] = []
 
     @Flag(help: "Remove every path.")
@@ -465,7 +468,9 @@ struct TraceFilesCommand: ParsableCommand {
             let store = try self.store.open()
             if clear || !paths.isEmpty {
                 try store.setFiles(paths, profile: profile)
-                print(paths.isEmpty ? "profile \(profile) names no files" : "profile \(profile) names \(paths.count) file(s)")
+                print(
+                    paths.isEmpty
+                        ? "profile \(profile) names no files" : "profile \(profile) names \(paths.count) file(s)")
                 return
             }
             guard try store.profiles().contains(profile) else { throw unknownProfile(profile, store) }

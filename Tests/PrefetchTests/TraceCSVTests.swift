@@ -125,22 +125,84 @@ struct TraceCSVTests {
             failure("# profile=p\n# block_size=abc\nissued_us,lba,blocks\n")
                 == "x.csv line 2: block_size: not a number: 'abc'")
         #expect(
-            failure("# profile=p\n# note=bad %G1\nissued_us,lba,blocks\n") == "x.csv line 2: note: bad %-escape in '# note=bad %G1'")
+            failure("# profile=p\n# note=bad %G1\nissued_us,lba,blocks\n")
+                == "x.csv line 2: note: bad %-escape in '# note=bad %G1'")
         #expect(
             failure("# block_size=512\nissued_us,lba,blocks\n")
                 == "x.csv: profile: no '# profile=' line and no profile given")
         #expect(
             failure("# profile=p\nissued_us,lba,blocks\n")
                 == "x.csv: block_size: no '# block_size=' line and no block size given")
-        #expect(failure("# profile=p\n# block_size=512\n") == "x.csv: no header line (expected \(TraceCSV.columns.joined(separator: ",")))")
+        #expect(
+            failure("# profile=p\n# block_size=512\n")
+                == "x.csv: no header line (expected \(TraceCSV.columns.joined(separator: ",")))")
         #expect(
             failure("# profile=p\n# block_size=512\nissued_us,lba,when\n")
-                == "x.csv line 3: unknown column 'when' in the header (columns: \(TraceCSV.columns.joined(separator: ",")))")
+                == "x.csv line 3: unknown column 'when' in the header (columns: \(TraceCSV.columns.joined(separator: ",")))"
+        )
         #expect(
             failure("# profile=p\n# block_size=512\nissued_us,blocks\n")
                 == "x.csv line 3: the header has no lba column (expected \(TraceCSV.columns.joined(separator: ",")))")
         #expect(
             failure("# livemount-trace v2\n# profile=p\n")
                 == "x.csv line 1: unsupported format 'livemount-trace v2' (this version reads livemount-trace v1)")
+    }
+}
+
+@Suite("Trace plots")
+struct TracePlotTests {
+    @Test("the text plot puts low LBAs at the bottom, early reads on the left, and counts reads per cell")
+    func text() {
+        let info = TraceInfo(profile: "p", vm: "v", blockSize: 512, chunkSize: 65_536, recordedAt: 0)
+        var reads = [TraceRead(issued: 0, completed: 5, lba: 0, blocks: 1, source: .backup, prefetched: false)]
+        reads += (0..<12).map { _ in
+            TraceRead(issued: 10_000_000, completed: 10_000_005, lba: 999, blocks: 1, source: .cache, prefetched: true)
+        }
+        let lines = TracePlot.text(Trace(info: info, reads: reads), width: 40, height: 10).split(separator: "\n")
+        #expect(lines.count == 1 + 10 + 3)
+        let rows = lines[1...10].map { String($0.split(separator: "|", maxSplits: 1)[1]) }
+        #expect(rows.allSatisfy { $0.count == 40 })
+        #expect(rows[9].first == ".")  // bottom row, first column: the read at LBA 0, t = 0
+        #expect(rows[0].last == "#")  // top row, last column: twelve reads at LBA 999, t = 10 s
+        #expect(rows.joined().filter { $0 != " " }.count == 2)
+        #expect(lines[1].hasPrefix("999 |"))
+        #expect(lines[10].hasPrefix("  0 |"))
+        #expect(lines[12].hasSuffix("10.0 s"))
+        #expect(TracePlot.text(Trace(info: info, reads: [])) == "(no reads)\n")
+    }
+
+    @Test("the PNG has the signature, the size asked for, and valid checksums")
+    func png() {
+        #expect(PNGEncoder.crc32(Array("IEND".utf8)) == 0xAE42_6082)
+        #expect(PNGEncoder.adler32(Array("Wikipedia".utf8)) == 0x11E6_0398)
+        let image = TracePlot.png(sampleTrace(reads: 30), width: 200, height: 100)
+        #expect(Array(image.prefix(8)) == PNGEncoder.signature)
+        #expect(Array(image[16..<24]) == [0, 0, 0, 200, 0, 0, 0, 100])
+        // Walk the chunks: each CRC matches, the last is IEND.
+        var offset = 8
+        var types: [String] = []
+        while offset + 12 <= image.count {
+            let length = image[offset..<(offset + 4)].reduce(0) { $0 << 8 | Int($1) }
+            let typed = Array(image[(offset + 4)..<(offset + 8 + length)])
+            let crc = image[(offset + 8 + length)..<(offset + 12 + length)].reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
+            #expect(PNGEncoder.crc32(typed) == crc)
+            types.append(String(decoding: typed.prefix(4), as: UTF8.self))
+            offset += 12 + length
+        }
+        #expect(types == ["IHDR", "IDAT", "IEND"])
+        #expect(offset == image.count)
+    }
+
+    @Test("stored deflate blocks hold at most 65535 bytes and end in the Adler-32")
+    func zlib() {
+        let data = (0..<150_000).map { UInt8(truncatingIfNeeded: $0 * 7) }
+        let stream = PNGEncoder.zlibStored(data)
+        #expect(stream.count == 2 + 3 * 5 + data.count + 4)
+        #expect(stream[2] == 0 && stream[3] == 0xFF && stream[4] == 0xFF)  // first block: not final, 65535 bytes
+        let adler = PNGEncoder.adler32(data)
+        #expect(
+            Array(stream.suffix(4)) == [
+                UInt8(adler >> 24), UInt8(adler >> 16 & 0xFF), UInt8(adler >> 8 & 0xFF), UInt8(adler & 0xFF),
+            ])
     }
 }

@@ -119,7 +119,9 @@ struct TrainerTests {
             #expect(abs(found.support - event.share) < 1e-9)
         }
         // The scattered reads come in their true order.
-        let order = Boots.scattered.compactMap { event in plan.entries.firstIndex { $0 == entry(at: event.granule, in: plan) } }
+        let order = Boots.scattered.compactMap { event in
+            plan.entries.firstIndex { $0 == entry(at: event.granule, in: plan) }
+        }
         #expect(order == order.sorted())
 
         // The sequential run is one entry, due when its first granule is.
@@ -155,7 +157,8 @@ struct TrainerTests {
     @Test("more traces make it better: noise survives two boots, not ten")
     func moreTraces() {
         let noise = Boots.noiseGranule(boot: 0, index: 0)
-        let two = PlanTrainer.train(Array(Boots.boots(10).prefix(2)), profile: "p", granularity: Boots.granularity, now: 0)
+        let two = PlanTrainer.train(
+            Array(Boots.boots(10).prefix(2)), profile: "p", granularity: Boots.granularity, now: 0)
         #expect(entry(at: noise, in: two)?.support == 0.5)
         let ten = PlanTrainer.train(Boots.boots(10), profile: "p", granularity: Boots.granularity, now: 0)
         #expect(entry(at: noise, in: ten) == nil)
@@ -201,8 +204,10 @@ struct TrainerTests {
             info: TraceInfo(id: 1, profile: "p", vm: "v", blockSize: 4_096, chunkSize: 4_096, recordedAt: 0),
             reads: [
                 TraceRead(issued: 0, completed: 10, lba: 0, blocks: 1, source: .backup, prefetched: false),
-                TraceRead(issued: 5_000_000, completed: 5_000_010, lba: 1, blocks: 1, source: .backup, prefetched: false),
-                TraceRead(issued: 5_100_000, completed: 5_100_010, lba: 2, blocks: 1, source: .backup, prefetched: false),
+                TraceRead(
+                    issued: 5_000_000, completed: 5_000_010, lba: 1, blocks: 1, source: .backup, prefetched: false),
+                TraceRead(
+                    issued: 5_100_000, completed: 5_100_010, lba: 2, blocks: 1, source: .backup, prefetched: false),
             ])
         let plan = PlanTrainer.train([trace], profile: "p", granularity: 4_096, now: 0)
         #expect(
