@@ -10,6 +10,7 @@ struct LiveMountTool: AsyncParsableCommand {
         subcommands: [
             BackupCommand.self, MountCommand.self, UnmountCommand.self, MountsCommand.self, StatusCommand.self,
             LUNCommand.self,
+            TraceCommand.self,
         ]
     )
 }
