@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 
 @testable import Prefetch
@@ -200,6 +201,37 @@ struct TraceStoreTests {
             Issue.record("opening under /proc succeeded")
         } catch {
             #expect(error.description.contains("/proc/no-such-dir/traces.sqlite"))
+        }
+    }
+
+    @Test("recordings appended from several threads at once each come back whole")
+    func concurrentAppends() throws {
+        let directory = try makeTraceTestDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let store = try TraceStore.open(path: directory.appendingPathComponent("traces.sqlite").path)
+        defer { store.close() }
+        let ids = try (0..<4).map { index in try store.begin(sampleTrace(profile: "p\(index)").info) }
+        let failures = Mutex(0)
+        DispatchQueue.concurrentPerform(iterations: ids.count) { worker in
+            for batch in 0..<20 {
+                let reads = (0..<100).map { index in
+                    let n = UInt64(batch * 100 + index)
+                    return TraceRead(
+                        issued: n, completed: n + 1, lba: n * 8, blocks: 8, source: .backup, prefetched: false)
+                }
+                do {
+                    try store.append(reads, to: ids[worker])
+                    _ = try store.summaries(profile: "p\(worker)")
+                } catch {
+                    failures.withLock { $0 += 1 }
+                }
+            }
+        }
+        #expect(failures.withLock { $0 } == 0)
+        for id in ids {
+            let reads = try #require(try store.trace(id: id)).reads
+            #expect(reads.count == 2_000)
+            #expect(reads.map(\.issued) == Array(0..<2_000))
         }
     }
 
