@@ -429,6 +429,12 @@ public final class ChunkCache: Sendable {
         state.withLock { $0.index[id] != nil }
     }
 
+    /// Whether a read of chunk `id` would be served without waiting on the source: it is in a slot, or it was
+    /// fetched and is being written into one (reads are served from the fetched bytes meanwhile).
+    public func holds(_ id: ChunkID) -> Bool {
+        state.withLock { $0.index[id] != nil || $0.flights[id]?.fetched != nil }
+    }
+
     /// The counters now.
     public var statistics: CacheStatistics {
         state.withLock { $0.statistics }

@@ -87,7 +87,7 @@ public final class LiveMountDevice: BlockDevice {
                 let last = Int((extent.offset + UInt64(extent.length) - 1) / chunkSize)
                 for index in first...last where index < manifest.chunkCount {
                     guard let id = manifest.chunk(at: index) else { continue }
-                    worst = max(worst, cache.contains(id) ? .cache : .backup)
+                    worst = max(worst, cache.holds(id) ? .cache : .backup)
                 }
             }
         }

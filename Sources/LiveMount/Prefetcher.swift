@@ -177,7 +177,7 @@ public final class Prefetcher: Sendable {
                         state.warmBytes += bytes
                     case nil:
                         allHit = false
-                        if cache.contains(id) {
+                        if cache.holds(id) {
                             state.warmBytes += bytes
                         } else {
                             anyBackup = true
@@ -297,7 +297,7 @@ public final class Prefetcher: Sendable {
                 // Already read (nothing to gain), or another entry is staging it; still pin it for this entry.
                 return true
             case nil:
-                if cache.contains(id) {
+                if cache.holds(id) {
                     state.chunks[index] = .warm
                 } else {
                     state.chunks[index] = .staging

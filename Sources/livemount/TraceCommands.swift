@@ -74,6 +74,7 @@ struct TraceCommand: ParsableCommand {
     static let subcommands: [any ParsableCommand.Type] = [
         TraceListCommand.self, TraceShowCommand.self, TraceExportCommand.self, TraceImportCommand.self,
         TraceDeleteCommand.self, TraceTrainCommand.self, TracePlanCommand.self, TraceFilesCommand.self,
+        TraceRecordCommand.self,
     ]
 
     static let configuration = CommandConfiguration(
