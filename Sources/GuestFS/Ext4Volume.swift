@@ -140,7 +140,10 @@ final class Ext4Volume<Disk: GuestDiskReader> {
         var pending = Array(components.reversed())
         var follows = 0
         while let name = pending.popLast() {
-            if name.isEmpty || name == [UInt8(ascii: ".")] { continue }
+            if name.isEmpty { continue }
+            // `.` and `..` need a directory too: "file/.." is ENOTDIR, as in the kernel's path walk.
+            guard current.kind == .directory else { throw .notADirectory(stack[stack.count - 1].name) }
+            if name == [UInt8(ascii: ".")] { continue }
             if name == [UInt8(ascii: "."), UInt8(ascii: ".")] {
                 if stack.count > 1 {
                     stack.removeLast()
@@ -148,7 +151,6 @@ final class Ext4Volume<Disk: GuestDiskReader> {
                 }
                 continue
             }
-            guard current.kind == .directory else { throw .notADirectory(stack[stack.count - 1].name) }
             let text = String(decoding: name, as: UTF8.self)
             guard let number = try await directory(current).lookup(name) else {
                 throw .noSuchFile(component: "", on: location)

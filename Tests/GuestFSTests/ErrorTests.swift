@@ -80,7 +80,7 @@ struct ErrorTests {
         // "Inode 14 is part of block group 0\n\tlocated at block 38, offset 0x0d00"
         let imap = try Tools.run(Tools.debugfs, ["-R", "imap /random.bin", image])
         let words = imap.split(whereSeparator: { $0.isWhitespace || $0 == "," })
-        let blockIndex = try #require(words.firstIndex(of: "block"))
+        let blockIndex = try #require(words.lastIndex(of: "block"))
         let block = try #require(UInt64(words[blockIndex + 1]))
         let offset = try #require(words.last.flatMap { UInt64($0.dropFirst(2), radix: 16) })
         let inodeNumber = try #require(words.dropFirst().first.flatMap { UInt32($0) })

@@ -55,11 +55,30 @@ enum Tools {
         return output
     }
 
-    /// The physical blocks `debugfs -R "blocks PATH"` lists for a file (data blocks in file order, holes skipped).
-    static func debugfsBlocks(_ image: String, _ path: String) throws -> [UInt64] {
-        try run(debugfs, ["-R", "blocks \(path)", image]).split(whereSeparator: \.isWhitespace).compactMap {
-            UInt64($0)
+    /// A file's block map as `debugfs -R "stat PATH"` prints it (`(0-11):266-277, (IND):278, (12):279`, or
+    /// `(ETB0):2070, (0):2065` for extent trees): data blocks as (logical, physical), and the mapping
+    /// blocks (indirect and extent tree blocks).
+    static func debugfsMap(_ image: String, _ path: String) throws -> (data: [(UInt64, UInt64)], tree: [UInt64]) {
+        let stat = try run(debugfs, ["-R", "stat \(path)", image])
+        var data: [(UInt64, UInt64)] = []
+        var tree: [UInt64] = []
+        for item in stat.split(whereSeparator: { $0 == "," || $0 == "\n" }) {
+            let text = item.trimmingCharacters(in: .whitespaces)
+            guard text.hasPrefix("("), let close = text.firstIndex(of: ")") else { continue }
+            let label = text[text.index(after: text.startIndex)..<close]
+            let value = text[text.index(after: close)...].drop { $0 == ":" }
+            let physical = value.split(separator: "-").compactMap { UInt64($0) }
+            guard let first = physical.first else { continue }
+            if label.first?.isNumber == true {
+                let logical = label.split(separator: "-").compactMap { UInt64($0) }
+                guard let start = logical.first else { continue }
+                let count = (logical.last ?? start) - start + 1
+                data += (0..<count).map { (start + $0, first + $0) }
+            } else {
+                tree.append(first)
+            }
         }
+        return (data, tree)
     }
 }
 
@@ -159,21 +178,36 @@ func readImage(_ image: String, offset: UInt64, length: UInt64) throws -> [UInt8
 
 /// The blocks a map's mapping covers, relative to the file system, in file order.
 func mappedBlocks(_ map: GuestFileMap, blockSize: UInt64) -> [UInt64] {
-    map.mapping.flatMap { piece -> [UInt64] in
+    mappedPairs(map, blockSize: blockSize).map(\.1)
+}
+
+/// The (file block, disk block) pairs a map's mapping covers, relative to the file system, in file order.
+func mappedPairs(_ map: GuestFileMap, blockSize: UInt64) -> [(UInt64, UInt64)] {
+    map.mapping.flatMap { piece -> [(UInt64, UInt64)] in
+        let logical = piece.fileOffset / blockSize
         let first = (piece.diskOffset - map.partition.offset) / blockSize
         let count = (piece.length + blockSize - 1) / blockSize
-        return (0..<count).map { first + $0 }
+        return (0..<count).map { (logical + $0, first + $0) }
     }
 }
 
-/// Checks a located file: same blocks as debugfs lists, the mapped bytes equal the source file's bytes at their
+/// Checks a located file: same (file block, disk block) pairs as debugfs lists and its indirect or extent tree
+/// blocks among the metadata, the mapped bytes equal the source file's bytes at their
 /// offsets, unmapped bytes of the source are zeros, and `extents` cover exactly the mapped bytes.
 func verify(
     _ map: GuestFileMap, image: String, debugfsImage: String, guestPath: String, source: String, blockSize: UInt64,
     sourceLocation: SourceLocation = #_sourceLocation
 ) throws {
-    let expectedBlocks = try Tools.debugfsBlocks(debugfsImage, guestPath)
-    #expect(mappedBlocks(map, blockSize: blockSize) == expectedBlocks, "\(guestPath)", sourceLocation: sourceLocation)
+    let expected = try Tools.debugfsMap(debugfsImage, guestPath)
+    let actual = mappedPairs(map, blockSize: blockSize)
+    #expect(actual.map(\.0) == expected.data.map(\.0), "\(guestPath) file blocks", sourceLocation: sourceLocation)
+    #expect(actual.map(\.1) == expected.data.map(\.1), "\(guestPath) disk blocks", sourceLocation: sourceLocation)
+    for block in expected.tree {
+        let offset = map.partition.offset + block * blockSize
+        #expect(
+            map.metadata.contains { $0.offset <= offset && $0.end >= offset + blockSize },
+            "\(guestPath) mapping block \(block) in metadata", sourceLocation: sourceLocation)
+    }
     let attributes = try FileManager.default.attributesOfItem(atPath: source)
     let size = (attributes[.size] as? NSNumber)?.uint64Value ?? 0
     #expect(map.size == size, "\(guestPath) size", sourceLocation: sourceLocation)
