@@ -100,20 +100,24 @@ public enum GuestFiles {
             partitions = [whole]
             tableProblem = error.detail
         }
-        var described: [String] = []
         for partition in partitions {
             await open(partition, on: disk, into: &found)
-            let kind = await FileSystemProbe.identify(disk, partition: partition)
-            described.append(
-                ([partition.isWholeDisk ? "whole disk" : "\(partition.index) \(partition.type)"] + [kind].compactMap { $0 })
-                    .joined(separator: " "))
         }
         if found.volumes.isEmpty, found.failures.isEmpty, !partitions.contains(whole) {
             await open(whole, on: disk, into: &found)
         }
-        found.summary =
-            (partitions == [whole] ? "no partition table, " : "partitions: ") + described.joined(separator: ", ")
-            + (tableProblem.map { "; \($0)" } ?? "")
+        if found.volumes.isEmpty {
+            // Only needed for the "no file system" message: spare slow backup storage the extra reads otherwise.
+            var described: [String] = []
+            for partition in partitions {
+                let name = partition.isWholeDisk ? "whole disk" : "\(partition.index) \(partition.type)"
+                let kind = await FileSystemProbe.identify(disk, partition: partition)
+                described.append(([name] + [kind].compactMap { $0 }).joined(separator: " "))
+            }
+            found.summary =
+                (partitions == [whole] ? "no partition table, " : "partitions: ") + described.joined(separator: ", ")
+                + (tableProblem.map { "; \($0)" } ?? "")
+        }
         return found
     }
 
@@ -160,7 +164,7 @@ public enum GuestFiles {
             }
         }
         if let firstError { throw firstError }
-        throw .noSuchFile(on: missing)
+        throw .noSuchFile(on: missing + found.failures.map { "not searched: \($0.detail)" })
     }
 }
 

@@ -96,6 +96,42 @@ struct PartitionTests {
         try await tree.verifyAll(image: image, debugfsImage: "\(image)?offset=\(32768 * 512)", blockSize: 4096)
     }
 
+    @Test("a separate /boot file system (s_last_mounted) answers /boot paths, absolute links included")
+    func bootPartition() async throws {
+        let scratch = try Scratch()
+        defer { scratch.remove() }
+        let tree = try SampleTree(scratch)
+        var random = SeededBytes(state: 5)
+        try scratch.write("boot/vmlinuz-6.1", random.bytes(50_000))
+        try scratch.write("boot/grub/grub.cfg", Array("set timeout=0\n".utf8))
+        try scratch.symlink("boot/vmlinuz", to: "/boot/vmlinuz-6.1")
+        try FileManager.default.createDirectory(atPath: tree.root + "/boot", withIntermediateDirectories: true)
+        let image = try scratch.image("disk.img", size: 64 << 20)
+        try Tools.run(
+            Tools.sfdisk ?? "sfdisk", ["--no-reread", "--no-tell-kernel", image],
+            input: "label: dos\nstart=2048, size=32768, type=83\nstart=34816, size=81920, type=83\n")
+        try Tools.run(
+            Tools.mke2fs,
+            ["-q", "-F", "-t", "ext4", "-b", "1024", "-M", "/boot", "-E", "offset=\(2048 * 512)", "-d", scratch.path("boot"),
+             image, "16M"])
+        try Tools.run(
+            Tools.mke2fs,
+            ["-q", "-F", "-t", "ext4", "-b", "4096", "-E", "offset=\(34816 * 512)", "-d", tree.root, image, "40M"])
+        let disk = try FileDiskReader(path: image)
+        let kernel = try await located("/boot/vmlinuz-6.1", on: disk)
+        #expect(kernel.partition.index == 1)
+        #expect(kernel.path == "/boot/vmlinuz-6.1")
+        try verify(
+            kernel, image: image, debugfsImage: "\(image)?offset=\(2048 * 512)", guestPath: "/vmlinuz-6.1",
+            source: scratch.path("boot/vmlinuz-6.1"), blockSize: 1024)
+        #expect(try await located("/boot/vmlinuz", on: disk).mapping == kernel.mapping)
+        #expect(try await located("/boot/grub/grub.cfg", on: disk).partition.index == 1)
+        #expect(try await located("/hello.txt", on: disk).partition.index == 2)
+        #expect(try await located("/boot", on: disk).partition.index == 2)
+        let missing = await failure("/boot/nope", on: disk)
+        #expect(missing?.description == "/boot/nope: no such file (ext4 on partition 1, ext4 on partition 2)")
+    }
+
     @Test("partitions without a file system are listed in the error")
     func noFileSystem() async throws {
         let scratch = try Scratch()
