@@ -10,9 +10,9 @@ final class Ext4Volume<Disk: GuestDiskReader> {
     static var rootInode: UInt32 { 2 }
     /// Symbolic links followed in one lookup before giving up (the kernel's `MAXSYMLINKS`).
     static var maximumSymlinkFollows: Int { 40 }
-    /// Metadata and directory blocks one lookup may read from the disk (1 Mi blocks: enough to map a file of
-    /// several TiB through ext3 indirect blocks).
-    static var maximumBlocksPerLookup: Int { 1 << 20 }
+    /// Bytes of metadata and directory blocks one lookup may visit, cache hits included (so an extent tree whose
+    /// entries all point at one cached node cannot spin): 256 MiB maps an ext3 file of 256 GiB with 4 KiB blocks.
+    static var maximumBytesPerLookup: UInt64 { 256 << 20 }
     /// Metadata blocks kept in memory between lookups.
     static var maximumCachedBlocks: Int { 4096 }
     /// Symbolic link targets longer than this are corrupt (`PATH_MAX`).
@@ -50,7 +50,8 @@ final class Ext4Volume<Disk: GuestDiskReader> {
     private var directoryCache: [UInt32: Directory] = [:]
     /// Disk ranges read during the current lookup.
     private var trail: [DiskExtent] = []
-    private var blocksRead = 0
+    /// Metadata blocks visited during the current lookup.
+    private var blocksRead: UInt64 = 0
 
     private init(disk: Disk, partition: Partition, superblock: Ext4Superblock) {
         self.disk = disk
@@ -87,7 +88,9 @@ final class Ext4Volume<Disk: GuestDiskReader> {
         do throws(GuestFSError) {
             return Ext4Volume(disk: disk, partition: partition, superblock: try Ext4Superblock(bytes))
         } catch {
-            throw error.within("\(Ext4Superblock.flavour(compat: bytes.le32(0x5C), incompat: bytes.le32(0x60), roCompat: bytes.le32(0x64))) on \(partition)")
+            throw error.within(
+                "\(Ext4Superblock.flavour(compat: bytes.le32(0x5C), incompat: bytes.le32(0x60), roCompat: bytes.le32(0x64))) on \(partition)"
+            )
         }
     }
 
@@ -158,7 +161,9 @@ final class Ext4Volume<Disk: GuestDiskReader> {
             let child = try await inode(number)
             if child.kind == .symlink {
                 follows += 1
-                guard follows <= Self.maximumSymlinkFollows else { throw .symlinkLoop(limit: Self.maximumSymlinkFollows) }
+                guard follows <= Self.maximumSymlinkFollows else {
+                    throw .symlinkLoop(limit: Self.maximumSymlinkFollows)
+                }
                 var target = try await symlinkTarget(child)
                 guard !target.isEmpty else { throw .corrupt("symbolic link '\(text)' (inode \(number)) is empty") }
                 if target[0] == UInt8(ascii: "/") {
@@ -203,12 +208,11 @@ final class Ext4Volume<Disk: GuestDiskReader> {
     /// recording it in the trail and counting it against the lookup's budget.
     func metadataBlock(_ block: UInt64, what: String, cache: Bool = true) async throws(GuestFSError) -> [UInt8] {
         let offset = try diskOffset(block: block)
+        blocksRead += 1
+        let budget = max(65536, Self.maximumBytesPerLookup / superblock.blockSize)
+        guard blocksRead <= budget else { throw .corrupt("more than \(budget) metadata blocks for one lookup") }
         trail.append(DiskExtent(offset: offset, length: superblock.blockSize))
         if let cached = blockCache[block] { return cached }
-        blocksRead += 1
-        guard blocksRead <= Self.maximumBlocksPerLookup else {
-            throw .corrupt("more than \(Self.maximumBlocksPerLookup) metadata blocks for one lookup")
-        }
         let bytes = try await disk.readExactly(offset: offset, length: Int(superblock.blockSize), what: what)
         if cache {
             if blockCache.count >= Self.maximumCachedBlocks { blockCache.removeAll(keepingCapacity: true) }
@@ -275,13 +279,29 @@ final class Ext4Volume<Disk: GuestDiskReader> {
         let limit = blockSpan(inode.size)
         var runs: [Run] = []
         guard limit > 0, !inode.has(Ext4Inode.inlineDataFlag) else { return runs }
+        var walk = TreeWalk(inode: inode.number, limit: limit)
         if inode.has(Ext4Inode.extentsFlag) {
-            try await walkExtentNode(inode.iBlock, parentDepth: nil, limit: limit, inode: inode.number, runs: &runs)
+            try await walkExtentNode(inode.iBlock, parentDepth: nil, walk: &walk, runs: &runs)
             runs.sort { $0.logical < $1.logical }
         } else {
-            try await walkBlockMap(inode, limit: limit, runs: &runs)
+            try await walkBlockMap(inode, walk: &walk, runs: &runs)
         }
         return runs
+    }
+
+    /// One walk of a file's extent tree or block map: the file blocks wanted and the tree blocks met so far. A
+    /// real tree never holds a block twice; refusing repeats stops a hostile tree whose entries all point at the
+    /// same node from fanning out into billions of visits.
+    private struct TreeWalk {
+        let inode: UInt32
+        let limit: UInt64
+        var visited: Set<UInt64> = []
+
+        mutating func enter(_ block: UInt64) throws(GuestFSError) {
+            guard visited.insert(block).inserted else {
+                throw .corrupt("inode \(inode): block \(block) appears twice in its block tree")
+            }
+        }
     }
 
     /// Appends a run, extending the previous one when both file and disk blocks continue it.
@@ -297,9 +317,11 @@ final class Ext4Volume<Disk: GuestDiskReader> {
     /// Walks one extent tree node: a 12-byte `ext4_extent_header` (magic 0xF30A) then `eh_entries` entries,
     /// `ext4_extent` in leaves (depth 0), `ext4_extent_idx` above (ext4 disk layout, "Extent Tree"). A child's
     /// depth must be exactly one less than its parent's, so a hostile tree cannot loop.
-    private func walkExtentNode(_ node: [UInt8], parentDepth: Int?, limit: UInt64, inode: UInt32, runs: inout [Run])
+    private func walkExtentNode(_ node: [UInt8], parentDepth: Int?, walk: inout TreeWalk, runs: inout [Run])
         async throws(GuestFSError)
     {
+        let inode = walk.inode
+        let limit = walk.limit
         let entries = Int(node.le16(2))
         let depth = Int(node.le16(6))
         guard node.le16(0) == 0xF30A else { throw .corrupt("inode \(inode): bad extent header magic") }
@@ -325,15 +347,17 @@ final class Ext4Volume<Disk: GuestDiskReader> {
                 try append(Run(logical: first, physical: start, count: min(length, limit - first)), to: &runs)
             } else {
                 let child = UInt64(node.le32(entry + 4)) | UInt64(node.le16(entry + 8)) << 32
+                try walk.enter(child)
                 let bytes = try await metadataBlock(child, what: "extent tree block")
-                try await walkExtentNode(bytes, parentDepth: depth, limit: limit, inode: inode, runs: &runs)
+                try await walkExtentNode(bytes, parentDepth: depth, walk: &walk, runs: &runs)
             }
         }
     }
 
     /// Walks an ext2/ext3 block map: 12 direct pointers, then single, double and triple indirect blocks of
     /// 32-bit pointers; a zero pointer is a hole (ext4 disk layout, "Direct/Indirect Block Addressing").
-    private func walkBlockMap(_ inode: Ext4Inode, limit: UInt64, runs: inout [Run]) async throws(GuestFSError) {
+    private func walkBlockMap(_ inode: Ext4Inode, walk: inout TreeWalk, runs: inout [Run]) async throws(GuestFSError) {
+        let limit = walk.limit
         let pointers = inode.iBlock
         for index in 0..<12 where UInt64(index) < limit {
             let block = UInt64(pointers.le32(index * 4))
@@ -346,7 +370,7 @@ final class Ext4Volume<Disk: GuestDiskReader> {
             guard base < limit else { return }
             let block = UInt64(pointers.le32((11 + level) * 4))
             if block != 0 {
-                try await walkIndirect(block, level: level, base: base, limit: limit, runs: &runs)
+                try await walkIndirect(block, level: level, base: base, walk: &walk, runs: &runs)
             }
             base += span
             span *= perBlock
@@ -355,9 +379,11 @@ final class Ext4Volume<Disk: GuestDiskReader> {
 
     /// Walks one indirect block of `level` (1: pointers to data, 2 and 3: pointers to lower indirect blocks)
     /// covering file blocks from `base`.
-    private func walkIndirect(_ block: UInt64, level: Int, base: UInt64, limit: UInt64, runs: inout [Run])
+    private func walkIndirect(_ block: UInt64, level: Int, base: UInt64, walk: inout TreeWalk, runs: inout [Run])
         async throws(GuestFSError)
     {
+        let limit = walk.limit
+        try walk.enter(block)
         let bytes = try await metadataBlock(block, what: "indirect block")
         let perBlock = superblock.blockSize / 4
         var span: UInt64 = 1
@@ -370,7 +396,7 @@ final class Ext4Volume<Disk: GuestDiskReader> {
             if level == 1 {
                 try append(Run(logical: logical, physical: pointer, count: 1), to: &runs)
             } else {
-                try await walkIndirect(pointer, level: level - 1, base: logical, limit: limit, runs: &runs)
+                try await walkIndirect(pointer, level: level - 1, base: logical, walk: &walk, runs: &runs)
             }
         }
     }
@@ -384,7 +410,9 @@ final class Ext4Volume<Disk: GuestDiskReader> {
             guard fileOffset < size else { break }
             let length = min(run.count * blockSize, size - fileOffset)
             let diskOffset = partition.offset + run.physical * blockSize
-            if let last = result.last, last.fileOffset + last.length == fileOffset, last.diskOffset + last.length == diskOffset {
+            if let last = result.last, last.fileOffset + last.length == fileOffset,
+                last.diskOffset + last.length == diskOffset
+            {
                 result[result.count - 1].length += length
             } else {
                 result.append(FileExtent(fileOffset: fileOffset, diskOffset: diskOffset, length: length))

@@ -52,7 +52,9 @@ public struct GuestFSError: Error, Sendable, CustomStringConvertible, Equatable 
     // MARK: - Factories
 
     static func noSuchFile(component: String, on location: String) -> GuestFSError {
-        GuestFSError(.noSuchFile, component.isEmpty ? "no such file (\(location))" : "'\(component)': no such file (\(location))")
+        GuestFSError(
+            .noSuchFile, component.isEmpty ? "no such file (\(location))" : "'\(component)': no such file (\(location))"
+        )
     }
 
     static func noSuchFile(on locations: [String]) -> GuestFSError {

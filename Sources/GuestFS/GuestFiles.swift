@@ -121,7 +121,9 @@ public enum GuestFiles {
         return found
     }
 
-    private static func open<Disk: GuestDiskReader>(_ partition: Partition, on disk: Disk, into found: inout Volumes<Disk>)
+    private static func open<Disk: GuestDiskReader>(
+        _ partition: Partition, on disk: Disk, into found: inout Volumes<Disk>
+    )
         async
     {
         do throws(GuestFSError) {
@@ -132,7 +134,8 @@ public enum GuestFiles {
     }
 
     /// One path against the opened file systems.
-    private static func locate<Disk: GuestDiskReader>(_ path: String, in found: Volumes<Disk>) async throws(GuestFSError)
+    private static func locate<Disk: GuestDiskReader>(_ path: String, in found: Volumes<Disk>)
+        async throws(GuestFSError)
         -> GuestFileMap
     {
         guard path.hasPrefix("/") else { throw .invalidPath("not an absolute path") }
@@ -184,7 +187,8 @@ enum FileSystemProbe {
             return nil
         }
         if head.le16(1024 + 0x38) == Ext4Superblock.magic {
-            return Ext4Superblock.flavour(compat: head.le32(1024 + 0x5C), incompat: head.le32(1024 + 0x60), roCompat: head.le32(1024 + 0x64))
+            return Ext4Superblock.flavour(
+                compat: head.le32(1024 + 0x5C), incompat: head.le32(1024 + 0x60), roCompat: head.le32(1024 + 0x64))
         }
         if head.matches("XFSB", at: 0) { return "xfs" }
         if head.matches("NTFS    ", at: 3) { return "ntfs" }

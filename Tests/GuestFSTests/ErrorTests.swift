@@ -18,7 +18,10 @@ struct ErrorTests {
         let (_, image) = try sampleImage(scratch)
         let disk = try FileDiskReader(path: image)
         let results = await GuestFiles.locate(
-            ["/etc/nope", "/hello.txt/x", "hello.txt", "/links/loop1", "/links/dangling", "/a/b/c/deep.bin/..", "/hello.txt"],
+            [
+                "/etc/nope", "/hello.txt/x", "hello.txt", "/links/loop1", "/links/dangling", "/a/b/c/deep.bin/..",
+                "/hello.txt",
+            ],
             on: disk)
         let descriptions = results.map { result -> String in
             switch result {
@@ -56,7 +59,9 @@ struct ErrorTests {
         bytes[1024 + 0x60 + 3] |= 0x80  // an unknown incompat bit
         bytes[1024 + 0x60 + 1] &= ~0x10
         let unknown = await failure("/hello.txt", on: MemoryDisk(bytes: bytes))
-        #expect(unknown?.description == "/hello.txt: ext4 feature 'incompat 0x80000000' not supported (ext4 on the whole disk)")
+        #expect(
+            unknown?.description
+                == "/hello.txt: ext4 feature 'incompat 0x80000000' not supported (ext4 on the whole disk)")
     }
 
     @Test("an encrypted directory on the way is refused")
@@ -77,19 +82,69 @@ struct ErrorTests {
         let scratch = try Scratch()
         defer { scratch.remove() }
         let (_, image) = try sampleImage(scratch)
-        // "Inode 14 is part of block group 0\n\tlocated at block 38, offset 0x0d00"
-        let imap = try Tools.run(Tools.debugfs, ["-R", "imap /random.bin", image])
-        let words = imap.split(whereSeparator: { $0.isWhitespace || $0 == "," })
-        let blockIndex = try #require(words.lastIndex(of: "block"))
-        let block = try #require(UInt64(words[blockIndex + 1]))
-        let offset = try #require(words.last.flatMap { UInt64($0.dropFirst(2), radix: 16) })
-        let inodeNumber = try #require(words.dropFirst().first.flatMap { UInt32($0) })
+        let (block, offset, inodeNumber) = try inodeLocation(image, "/random.bin")
         var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: image)))
         bytes[Int(block * 4096 + offset) + 0x28] ^= 0xFF
         let error = await failure("/random.bin", on: MemoryDisk(bytes: bytes))
         #expect(error?.code == .corrupt)
         #expect(
-            error?.description == "/random.bin: corrupt: inode \(inodeNumber): bad extent header magic (ext4 on the whole disk)")
+            error?.description
+                == "/random.bin: corrupt: inode \(inodeNumber): bad extent header magic (ext4 on the whole disk)")
+    }
+
+    @Test("an extent tree whose index entries all point at the same nodes is refused, not walked 340^4 times")
+    func extentTreeFanOut() async throws {
+        let scratch = try Scratch()
+        defer { scratch.remove() }
+        let (_, image) = try sampleImage(scratch)
+        let (block, offset, _) = try inodeLocation(image, "/random.bin")
+        let free = try Tools.run(Tools.debugfs, ["-R", "ffb 5 1000", image])
+            .split(whereSeparator: \.isWhitespace).compactMap { UInt32($0) }
+        try #require(free.count == 5)
+        var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: image)))
+        func put(_ value: UInt64, _ width: Int, at position: Int) {
+            for index in 0..<width { bytes[position + index] = UInt8(truncatingIfNeeded: value >> (8 * UInt64(index))) }
+        }
+        /// An extent node at `position`: header, then `entries` copies of one index (or leaf) entry.
+        func node(at position: Int, entries: Int, depth: Int, child: UInt32) {
+            put(0xF30A, 2, at: position)
+            put(UInt64(entries), 2, at: position + 2)
+            put(UInt64(entries), 2, at: position + 4)
+            put(UInt64(depth), 2, at: position + 6)
+            for entry in 0..<entries {
+                let base = position + 12 + entry * 12
+                put(0, 4, at: base)
+                if depth == 0 {
+                    put(1, 2, at: base + 4)
+                    put(0, 2, at: base + 6)
+                    put(UInt64(child), 4, at: base + 8)
+                } else {
+                    put(UInt64(child), 4, at: base + 4)
+                    put(0, 4, at: base + 8)
+                }
+            }
+        }
+        // Root (depth 5, in the inode) → five 340-way nodes, each level pointing every entry at the next block.
+        node(at: Int(block * 4096 + offset) + 0x28, entries: 4, depth: 5, child: free[0])
+        for level in 0..<5 {
+            let next = level < 4 ? free[level + 1] : free[0]
+            node(at: Int(free[level]) * 4096, entries: 340, depth: 4 - level, child: next)
+        }
+        let error = await failure("/random.bin", on: MemoryDisk(bytes: bytes))
+        #expect(error?.code == .corrupt)
+        #expect(error?.description.contains("appears twice in its block tree") == true)
+    }
+
+    /// Where `path`'s inode lies: (block, byte offset in it, inode number), from `debugfs imap`
+    /// ("Inode 14 is part of block group 0\n\tlocated at block 38, offset 0x0d00").
+    func inodeLocation(_ image: String, _ path: String) throws -> (UInt64, UInt64, UInt32) {
+        let imap = try Tools.run(Tools.debugfs, ["-R", "imap \(path)", image])
+        let words = imap.split(whereSeparator: { $0.isWhitespace || $0 == "," })
+        let blockIndex = try #require(words.lastIndex(of: "block"))
+        let block = try #require(UInt64(words[blockIndex + 1]))
+        let offset = try #require(words.last.flatMap { UInt64($0.dropFirst(2), radix: 16) })
+        let number = try #require(words.dropFirst().first.flatMap { UInt32($0) })
+        return (block, offset, number)
     }
 
     @Test("a disk whose reads fail gives an I/O error")

@@ -38,13 +38,16 @@ struct SampleTree {
         try scratch.write("\(name)/a/b/c/deep.bin", random.bytes(10_000))
         for index in 0..<400 {
             try scratch.write(
-                "\(name)/many/a-rather-longer-file-name-\(String(format: "%03d", index))", Array("entry \(index)\n".utf8))
+                "\(name)/many/a-rather-longer-file-name-\(String(format: "%03d", index))",
+                Array("entry \(index)\n".utf8))
         }
         try scratch.write("\(name)/random.bin", random.bytes(300_000))
         try scratch.write("\(name)/empty", [])
         try scratch.writeSparse(
             "\(name)/sparse.bin", size: 1 << 20,
-            pieces: [(0, random.bytes(4096)), (512 * Self.kib, random.bytes(8192)), ((1 << 20) - 100, random.bytes(100))])
+            pieces: [
+                (0, random.bytes(4096)), (512 * Self.kib, random.bytes(8192)), ((1 << 20) - 100, random.bytes(100)),
+            ])
         // Twelve 4 KiB pieces with 4 KiB holes between: twelve extents, more than the inode's four slots.
         try scratch.writeSparse(
             "\(name)/frag.bin", size: 24 * 4096, pieces: (0..<12).map { (UInt64($0) * 8192, random.bytes(4096)) })
@@ -178,7 +181,9 @@ struct Ext4MappingTests {
         let image = try tree.makeImage("ext3.img", size: 16 << 20, ["-t", "ext3", "-b", "4096"])
         let map = try await located("/hello.txt", on: try FileDiskReader(path: image))
         #expect(map.fileSystem == "ext3")
-        try verify(map, image: image, debugfsImage: image, guestPath: "/hello.txt", source: tree.root + "/hello.txt", blockSize: 4096)
+        try verify(
+            map, image: image, debugfsImage: image, guestPath: "/hello.txt", source: tree.root + "/hello.txt",
+            blockSize: 4096)
     }
 
     @Test("inline_data: file bytes and directory entries inside the inode")
@@ -193,7 +198,12 @@ struct Ext4MappingTests {
         try scratch.write("root/dir/one", Array("1".utf8))
         try scratch.write("root/dir/two", random.bytes(20_000))
         let image = try scratch.image("inline.img", size: 16 << 20)
-        try Tools.run(Tools.mke2fs, ["-q", "-F", "-t", "ext4", "-b", "4096", "-I", "256", "-O", "inline_data", "-d", scratch.path("root"), image])
+        try Tools.run(
+            Tools.mke2fs,
+            [
+                "-q", "-F", "-t", "ext4", "-b", "4096", "-I", "256", "-O", "inline_data", "-d", scratch.path("root"),
+                image,
+            ])
         let stat = try Tools.run(Tools.debugfs, ["-R", "stat /small", image])
         #expect(stat.contains("Size of inline data: 100"))
         #expect(try Tools.run(Tools.debugfs, ["-R", "stat /dir", image]).contains("Size of inline data"))
@@ -210,7 +220,9 @@ struct Ext4MappingTests {
         }
         // A file in an inline directory, with ordinary blocks.
         let two = try await located("/dir/two", on: disk)
-        try verify(two, image: image, debugfsImage: image, guestPath: "/dir/two", source: scratch.path("root/dir/two"), blockSize: 4096)
+        try verify(
+            two, image: image, debugfsImage: image, guestPath: "/dir/two", source: scratch.path("root/dir/two"),
+            blockSize: 4096)
     }
 
     @Test("meta_bg: group descriptors at the start of each meta group")

@@ -25,7 +25,8 @@ struct PartitionTests {
         defer { scratch.remove() }
         let tree = try SampleTree(scratch)
         let image = try partitionedImage(
-            scratch, tree: tree, script: "label: dos\nstart=2048, size=16384, type=c\nstart=20480, size=81920, type=83\n",
+            scratch, tree: tree,
+            script: "label: dos\nstart=2048, size=16384, type=c\nstart=20480, size=81920, type=83\n",
             fsSector: 20480, fsSize: "40M")
         let disk = try FileDiskReader(path: image)
         let partitions = try await PartitionTable.read(disk)
@@ -49,14 +50,17 @@ struct PartitionTests {
         let tree = try SampleTree(scratch)
         let image = try partitionedImage(
             scratch, tree: tree,
-            script: "label: gpt\nstart=2048, size=65536, type=\(Self.linuxGUID), name=\"root fs\"\nstart=67584, size=8192, type=0657FD6D-A4AB-43C4-84E5-0933C84B4F4F\n",
+            script:
+                "label: gpt\nstart=2048, size=65536, type=\(Self.linuxGUID), name=\"root fs\"\nstart=67584, size=8192, type=0657FD6D-A4AB-43C4-84E5-0933C84B4F4F\n",
             fsSector: 2048, fsSize: "32M")
         let disk = try FileDiskReader(path: image)
         let partitions = try await PartitionTable.read(disk)
         #expect(
             partitions == [
-                Partition(index: 1, offset: 2048 * 512, length: 65536 * 512, type: "gpt \(Self.linuxGUID)", name: "root fs"),
-                Partition(index: 2, offset: 67584 * 512, length: 8192 * 512, type: "gpt 0657FD6D-A4AB-43C4-84E5-0933C84B4F4F"),
+                Partition(
+                    index: 1, offset: 2048 * 512, length: 65536 * 512, type: "gpt \(Self.linuxGUID)", name: "root fs"),
+                Partition(
+                    index: 2, offset: 67584 * 512, length: 8192 * 512, type: "gpt 0657FD6D-A4AB-43C4-84E5-0933C84B4F4F"),
             ])
         try await tree.verifyAll(image: image, debugfsImage: "\(image)?offset=\(2048 * 512)", blockSize: 4096)
 
@@ -112,8 +116,11 @@ struct PartitionTests {
             input: "label: dos\nstart=2048, size=32768, type=83\nstart=34816, size=81920, type=83\n")
         try Tools.run(
             Tools.mke2fs,
-            ["-q", "-F", "-t", "ext4", "-b", "1024", "-M", "/boot", "-E", "offset=\(2048 * 512)", "-d", scratch.path("boot"),
-             image, "16M"])
+            [
+                "-q", "-F", "-t", "ext4", "-b", "1024", "-M", "/boot", "-E", "offset=\(2048 * 512)", "-d",
+                scratch.path("boot"),
+                image, "16M",
+            ])
         try Tools.run(
             Tools.mke2fs,
             ["-q", "-F", "-t", "ext4", "-b", "4096", "-E", "offset=\(34816 * 512)", "-d", tree.root, image, "40M"])

@@ -50,7 +50,10 @@ enum Tools {
         let output = (try? String(contentsOf: outURL, encoding: .utf8)) ?? ""
         guard accepting.contains(process.terminationStatus) else {
             let errors = (try? String(contentsOf: errURL, encoding: .utf8)) ?? ""
-            throw Failure(description: "\(tool) \(arguments.joined(separator: " ")): exit \(process.terminationStatus)\n\(errors)\(output)")
+            throw Failure(
+                description:
+                    "\(tool) \(arguments.joined(separator: " ")): exit \(process.terminationStatus)\n\(errors)\(output)"
+            )
         }
         return output
     }
@@ -221,7 +224,9 @@ func verify(
             // Holes between pieces are zeros in the source.
             try handle.seek(toOffset: previousEnd)
             let hole = try handle.read(upToCount: Int(piece.fileOffset - previousEnd)) ?? Data()
-            #expect(hole.allSatisfy { $0 == 0 }, "\(guestPath) hole before \(piece.fileOffset)", sourceLocation: sourceLocation)
+            #expect(
+                hole.allSatisfy { $0 == 0 }, "\(guestPath) hole before \(piece.fileOffset)",
+                sourceLocation: sourceLocation)
         }
         try handle.seek(toOffset: piece.fileOffset)
         let expected = [UInt8](try handle.read(upToCount: Int(piece.length)) ?? Data())
@@ -237,7 +242,8 @@ func verify(
 }
 
 /// The successful map of `path`, or a test failure naming the error.
-func located(_ path: String, on disk: some GuestDiskReader, sourceLocation: SourceLocation = #_sourceLocation) async
+func located(_ path: String, on disk: some GuestDiskReader, sourceLocation: SourceLocation = #_sourceLocation)
+    async
     throws -> GuestFileMap
 {
     let result = await GuestFiles.locate([path], on: disk)[0]
