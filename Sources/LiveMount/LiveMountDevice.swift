@@ -199,6 +199,11 @@ public final class LiveMountDevice: BlockDevice {
         }
     }
 
+    /// Bytes of the backup disk itself (not the overlay), for GuestFS.
+    func readFromBackup(offset: UInt64, length: Int) async throws(BlockDeviceError) -> ByteBuffer {
+        try await readBackup(offset: offset, length: length)
+    }
+
     /// Bytes of the backup disk: one chunk at a time, the chunks of a multi-chunk read fetched in parallel.
     private func readBackup(offset: UInt64, length: Int) async throws(BlockDeviceError) -> ByteBuffer {
         let chunkSize = UInt64(manifest.chunkSize)

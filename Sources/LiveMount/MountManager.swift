@@ -1,6 +1,7 @@
 import BlockDevice
 import Cache
 import Foundation
+import GuestFS
 import Logging
 import Prefetch
 import Repository
@@ -317,11 +318,32 @@ public final class MountManager: Sendable {
         device.activity.attach(prefetcher)
     }
 
-    /// The blocks of the guest files the profile names (none yet: see GuestFS).
+    /// The blocks of the guest files the profile names (`livemount trace files PROFILE --set ...`), found in
+    /// the backup disk itself (partition table, ext2/3/4) with the metadata read to find them. A path that is
+    /// not there, or a file system GuestFS cannot read, is reported (logged and shown by `mount status`), and
+    /// the mount goes on.
     private func guestFileExtents(_ device: LiveMountDevice, profile: String) async
         -> ([(offset: UInt64, length: UInt64)], [String])
     {
-        ([], [])
+        let paths: [String]
+        do {
+            paths = try traces?.files(profile: profile) ?? []
+        } catch {
+            return ([], ["cannot read the profile's guest files: \(error)"])
+        }
+        guard !paths.isEmpty else { return ([], []) }
+        var extents: [(offset: UInt64, length: UInt64)] = []
+        var problems: [String] = []
+        for result in await GuestFiles.locate(paths, on: BackupDiskReader(device: device)) {
+            switch result {
+            case .success(let map):
+                extents += (map.metadata + map.extents).map { (offset: $0.offset, length: $0.length) }
+            case .failure(let error):
+                problems.append(error.description)
+                logger.warning("guest file not staged", metadata: ["profile": "\(profile)", "problem": "\(error)"])
+            }
+        }
+        return (extents, problems)
     }
 
     // MARK: Unmounting

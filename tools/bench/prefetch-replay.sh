@@ -70,7 +70,7 @@ db="$work/state/traces.sqlite"
 mkdir -p "$work/state"
 ids=()
 for f in "${train[@]}"; do
-  ids+=("$("$lm" trace import "$f" --profile bootbench --traces-db "$db" | grep -o 'trace [0-9]*' | head -1 | awk '{print $2}')")
+  ids+=("$("$lm" trace import "$f" --profile bootbench --traces-db "$db" | sed -n 's/^imported trace \([0-9]*\):.*/\1/p')")
 done
 "$lm" trace train bootbench --traces "$(IFS=,; echo "${ids[*]}")" --traces-db "$db" >&2
 "$lm" trace plan bootbench --limit 5 --traces-db "$db" >&2
