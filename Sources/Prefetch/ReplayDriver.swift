@@ -89,7 +89,8 @@ public enum Replay {
             let (end, overflow) = read.lba.addingReportingOverflow(UInt64(read.blocks))
             if overflow || end > blockCount {
                 throw .outOfRange(
-                    "read \(index) at LBA \(read.lba) (\(read.blocks) blocks) ends beyond the LUN's \(blockCount) blocks")
+                    "read \(index) at LBA \(read.lba) (\(read.blocks) blocks) ends beyond the LUN's \(blockCount) blocks"
+                )
             }
         }
     }
@@ -149,7 +150,7 @@ public struct ReplayOutcome: Sendable, Equatable {
 public enum ReplayDriver {
     /// Below this many µs before an issue time the coordinator spins instead of sleeping: a condition
     /// variable wakes tens of µs late, and a boot trace has thousands of short think times.
-    static let spinMicroseconds: UInt64 = 200
+    static let spinMicroseconds: UInt64 = 1000
 
     /// Replays `reads` (in the LUN's block size, in trace order) through `devices`, one session each; the
     /// schedule allows as many reads outstanding as there are devices. `progress` is called on the

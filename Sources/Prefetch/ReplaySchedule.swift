@@ -145,7 +145,9 @@ public struct ReplaySchedule: Sendable {
     /// Records that read `index` completed at replay time `now` (µs). A completion of a read that was not
     /// issued, or that already completed, is ignored.
     public mutating func readCompleted(_ index: Int, at now: UInt64) {
-        guard issueTimes.indices.contains(index), issueTimes[index] != nil, completionTimes[index] == nil else { return }
+        guard issueTimes.indices.contains(index), issueTimes[index] != nil, completionTimes[index] == nil else {
+            return
+        }
         completionTimes[index] = now
         outstanding -= 1
         completedCount += 1

@@ -70,18 +70,23 @@ struct TraceReplayCommand: AsyncParsableCommand {
     var traceIsFile: Bool { trace.contains("/") || trace.lowercased().hasSuffix(".csv") }
 
     var tracesPath: String {
-        tracesDB ?? ProcessInfo.processInfo.environment["LIVEMOUNT_TRACES"]
-            ?? "/var/tmp/livemount/state/traces.sqlite"
+        if let tracesDB { return tracesDB }
+        if let environment = ProcessInfo.processInfo.environment["LIVEMOUNT_TRACES"], !environment.isEmpty {
+            return environment
+        }
+        return "/var/tmp/livemount/state/traces.sqlite"
     }
 
     func run() async throws {
-        let loaded = try loadTrace()
         let report: ReplayReport
         do {
-            report = try await replay(loaded)
+            report = try await replay(try loadTrace())
         } catch let error as ReplayError {
-            FileHandle.standardError.write(Data("error: \(error.message)\n".utf8))
+            Self.log("error: \(error.message)")
             throw ExitCode(error.code == .invalidArgument ? 64 : 1)
+        } catch let error as CLIError {
+            Self.log("error: \(error.description)")
+            throw ExitCode.failure
         }
         if json {
             let encoder = JSONEncoder()
@@ -110,8 +115,8 @@ struct TraceReplayCommand: AsyncParsableCommand {
                 throw CLIError("\(trace): \(error)")
             }
         }
-        guard let id = Int64(trace) else {
-            throw ValidationError("\(trace): expected a trace id (a number) or a CSV file path")
+        guard let id = Int64(trace), id > 0 else {
+            throw CLIError("\(trace): expected a trace id (a number) or a CSV file path")
         }
         let found: Trace?
         do {
@@ -233,7 +238,9 @@ struct TraceReplayCommand: AsyncParsableCommand {
                 lines.append("  " + label.padding(toLength: 18, withPad: " ", startingAt: 0) + "\(bucket.count) \(bar)")
             }
             for failure in report.failures.prefix(20) {
-                lines.append("failed     read \(failure.index) at LBA \(failure.lba) (\(failure.blocks) blocks): \(failure.message)")
+                lines.append(
+                    "failed     read \(failure.index) at LBA \(failure.lba) (\(failure.blocks) blocks): \(failure.message)"
+                )
             }
             if report.failures.count > 20 { lines.append("failed     ... and \(report.failures.count - 20) more") }
         }

@@ -69,11 +69,14 @@ final class FakeReplayDevice: ReplayDevice, @unchecked Sendable {
 struct ReplayDriverTests {
     @Test("one session: every read reaches the device once, in trace order")
     func oneSessionInOrder() async {
-        let reads = burstTrace(bursts: 5, width: 3) + sequentialTrace(thinks: [0, 3, 0, 9], services: [20]).map {
-            read($0.issued + 60_000, $0.completed + 60_000, lba: $0.lba + 7, blocks: 3)
-        }
+        let reads =
+            burstTrace(bursts: 5, width: 3)
+            + sequentialTrace(thinks: [0, 3, 0, 9], services: [20]).map {
+                read($0.issued + 60_000, $0.completed + 60_000, lba: $0.lba + 7, blocks: 3)
+            }
         let shared = FakeReplayDevice.Shared()
-        let outcome = await ReplayDriver.runOnThread(reads: reads, devices: FakeReplayDevice.sessions(1, shared: shared))
+        let outcome = await ReplayDriver.runOnThread(
+            reads: reads, devices: FakeReplayDevice.sessions(1, shared: shared))
         #expect(shared.reads.map(\.lba) == reads.map(\.lba))
         #expect(shared.reads.map(\.blocks) == reads.map(\.blocks))
         #expect(outcome.failures.isEmpty)
@@ -120,7 +123,8 @@ struct ReplayDriverTests {
         let reads = sequentialTrace(thinks: Array(repeating: 1, count: 10), services: [10])
         let shared = FakeReplayDevice.Shared()
         shared.failing = [reads[3].lba, reads[7].lba]
-        let outcome = await ReplayDriver.runOnThread(reads: reads, devices: FakeReplayDevice.sessions(2, shared: shared))
+        let outcome = await ReplayDriver.runOnThread(
+            reads: reads, devices: FakeReplayDevice.sessions(2, shared: shared))
         #expect(shared.reads.count == 10)
         #expect(outcome.failures.map(\.index) == [3, 7])
         #expect(outcome.failures.map(\.lba) == [reads[3].lba, reads[7].lba])

@@ -78,7 +78,8 @@ struct ReplayEndToEndTests {
         }
         let start = (sequential.last?.completed ?? 0) + 500
         let bursts = burstTrace(bursts: 3, width: 3).enumerated().map {
-            read($0.element.issued + start, $0.element.completed + start, lba: 4096 + UInt64($0.offset) * 64, blocks: 32)
+            read(
+                $0.element.issued + start, $0.element.completed + start, lba: 4096 + UInt64($0.offset) * 64, blocks: 32)
         }
         let info = TraceInfo(profile: "test", vm: "vm", blockSize: 512, chunkSize: 1 << 20, recordedAt: 0)
         return Trace(info: info, reads: sequential + bursts)
@@ -92,7 +93,8 @@ struct ReplayEndToEndTests {
         #expect(sessions == 3)
         let url = target.url
         let lun = try await onReplayThread {
-            try ISCSIReplayTarget.connect(url: url, initiator: "iqn.2026-11.org.livemount:replay-test-client", count: sessions)
+            try ISCSIReplayTarget.connect(
+                url: url, initiator: "iqn.2026-11.org.livemount:replay-test-client", count: sessions)
         }
         #expect(lun.sessions.count == 3)
         #expect(lun.capacity.blockCount == 8192)

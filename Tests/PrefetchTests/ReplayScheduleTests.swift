@@ -26,7 +26,10 @@ func simulate(
     var completed = [UInt64](repeating: 0, count: reads.count)
 
     func completeEarliest() -> Bool {
-        guard let earliest = inFlight.indices.min(by: { (inFlight[$0].time, inFlight[$0].index) < (inFlight[$1].time, inFlight[$1].index) })
+        guard
+            let earliest = inFlight.indices.min(by: {
+                (inFlight[$0].time, inFlight[$0].index) < (inFlight[$1].time, inFlight[$1].index)
+            })
         else { return false }
         let event = inFlight.remove(at: earliest)
         now = max(now, event.time)
@@ -135,9 +138,11 @@ struct ReplayScheduleTests {
 
     @Test("reads are issued in trace order")
     func orderKept() throws {
-        let reads = burstTrace(bursts: 5, width: 3) + sequentialTrace(thinks: [0, 10, 0, 7], services: [50]).map {
-            read($0.issued + 100_000, $0.completed + 100_000, lba: $0.lba)
-        }
+        let reads =
+            burstTrace(bursts: 5, width: 3)
+            + sequentialTrace(thinks: [0, 10, 0, 7], services: [50]).map {
+                read($0.issued + 100_000, $0.completed + 100_000, lba: $0.lba)
+            }
         // Service times that vary, so completions come back out of order.
         let replay = try simulate(reads, sessions: 3) { index in UInt64(100 + (index * 37) % 400) }
         for index in 1..<reads.count {
@@ -241,7 +246,9 @@ struct ReplayFigureTests {
 
     @Test("the report's stall is the replay's total minus the trace's think time")
     func report() {
-        let reads = [read(0, 100, blocks: 8), read(50, 150, blocks: 16), read(300, 400, blocks: 8), read(1000, 1200, blocks: 1)]
+        let reads = [
+            read(0, 100, blocks: 8), read(50, 150, blocks: 16), read(300, 400, blocks: 8), read(1000, 1200, blocks: 1),
+        ]
         let outcome = ReplayOutcome(
             issueTimes: [10, 30, 500, 2000], completionTimes: [210, 400, 700, 2510],
             failures: [ReplayFailure(index: 3, lba: 0, blocks: 1, message: "MEDIUM ERROR")], sessions: 2,
@@ -300,7 +307,9 @@ struct ReplayFigureTests {
     @Test("reads are converted to the LUN's block size and checked against its capacity")
     func conversionAndCapacity() throws {
         let info = TraceInfo(profile: "p", vm: "vm", blockSize: 512, chunkSize: 1 << 20, recordedAt: 0)
-        let trace = Trace(info: info, reads: [read(0, 1, lba: 9, blocks: 2), read(1, 2, lba: 7, blocks: 2), read(2, 3, lba: 64, blocks: 16)])
+        let trace = Trace(
+            info: info,
+            reads: [read(0, 1, lba: 9, blocks: 2), read(1, 2, lba: 7, blocks: 2), read(2, 3, lba: 64, blocks: 16)])
         let converted = try Replay.reads(of: trace, lunBlockSize: 4096)
         #expect(converted.map(\.lba) == [1, 0, 8])
         #expect(converted.map(\.blocks) == [1, 2, 2])
