@@ -11,15 +11,15 @@ struct TraceReplayCommand: AsyncParsableCommand {
         commandName: "replay",
         abstract: "Replay a trace's reads against a LUN; print total, think and stall time and latencies.",
         discussion: """
-            TRACE is a trace id in the trace store, or a CSV file (any argument containing '/' or ending in
-            .csv). Read i is never sent before read i-1; reads that overlapped in the trace overlap in the
-            replay (one libiscsi session per concurrent read); a read waits for every read that had completed
-            before it was issued in the trace, and then for its think time: the gap between the latest of
+            TRACE is a trace id in the trace store, or a CSV file (any argument containing '/' or ending in \
+            .csv). Read i is never sent before read i-1; reads that overlapped in the trace overlap in the \
+            replay (one libiscsi session per concurrent read); a read waits for every read that had completed \
+            before it was issued in the trace, and then for its think time: the gap between the latest of \
             those completions and its issue, as recorded.
 
-            Stall time is the replay's total time minus the trace's own think time (the time in the trace with
-            no read outstanding): what a guest would have spent waiting on storage. Reads beyond the LUN's
-            capacity are refused before anything is sent. A read that fails is reported with its index and LBA;
+            Stall time is the replay's total time minus the trace's own think time (the time in the trace with \
+            no read outstanding): what a guest would have spent waiting on storage. Reads beyond the LUN's \
+            capacity are refused before anything is sent. A read that fails is reported with its index and LBA; \
             the replay goes on, and the exit status is 1.
             """)
 
@@ -112,11 +112,16 @@ struct TraceReplayCommand: AsyncParsableCommand {
             do {
                 return try TraceCSV.parse(text, source: trace)
             } catch {
-                throw CLIError("\(trace): \(error)")
+                // The parser's messages name the file and line.
+                throw CLIError("\(error)")
             }
         }
         guard let id = Int64(trace), id > 0 else {
             throw CLIError("\(trace): expected a trace id (a number) or a CSV file path")
+        }
+        // Opening a store that is not there would create an empty one.
+        guard FileManager.default.fileExists(atPath: tracesPath) else {
+            throw CLIError("no trace store at \(tracesPath) (give --traces-db or $LIVEMOUNT_TRACES)")
         }
         let found: Trace?
         do {
