@@ -225,7 +225,10 @@ let package = Package(
         ),
         .testTarget(
             name: "PrefetchTests",
-            dependencies: ["Prefetch", "BlockDevice", "SQLiteStore", .product(name: "NIOCore", package: "swift-nio")],
+            dependencies: [
+                "Prefetch", "BlockDevice", "SQLiteStore", "SCSI", "TargetServer",
+                .product(name: "NIOCore", package: "swift-nio"), .product(name: "Logging", package: "swift-log"),
+            ],
             resources: [.copy("Traces")]
         ),
         .testTarget(name: "GuestFSTests", dependencies: ["GuestFS"]),
