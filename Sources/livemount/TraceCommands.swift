@@ -74,7 +74,7 @@ struct TraceCommand: ParsableCommand {
     static let subcommands: [any ParsableCommand.Type] = [
         TraceListCommand.self, TraceShowCommand.self, TraceExportCommand.self, TraceImportCommand.self,
         TraceDeleteCommand.self, TraceTrainCommand.self, TracePlanCommand.self, TraceFilesCommand.self,
-        TraceRecordCommand.self,
+        TraceRecordCommand.self, TraceReplayCommand.self,
     ]
 
     static let configuration = CommandConfiguration(
