@@ -303,18 +303,24 @@ public final class MountManager: Sendable {
                 MountActivity.AutoRecord(store: traces, template: template, seconds: record.options.recordBootSeconds))
         }
         guard record.options.prefetch else { return }
-        let plan: PrefetchPlan?
+        let trained: PrefetchPlan?
+        let files: [String]
         do {
-            plan = try traces.plan(profile: profile)
+            trained = try traces.plan(profile: profile)
+            files = try traces.files(profile: profile)
         } catch {
             logger.warning("cannot read the prefetch plan", metadata: ["profile": "\(profile)", "error": "\(error)"])
             return
         }
-        guard let plan, !plan.entries.isEmpty else { return }
+        // Guest files alone (no trained plan yet) are still pre-staged.
+        guard trained?.entries.isEmpty == false || !files.isEmpty else { return }
+        let plan =
+            trained
+            ?? PrefetchPlan(profile: profile, granularity: manifest.chunkSize, traceIDs: [], createdAt: 0, entries: [])
         let prefetcher = Prefetcher(
             plan: plan, manifest: manifest, cache: cache, source: source, settings: prefetchSettings, logger: logger)
-        let (files, problems) = await guestFileExtents(device, profile: profile)
-        await prefetcher.prestage(files: files, fileProblems: problems)
+        let (extents, problems) = await guestFileExtents(device, profile: profile, paths: files)
+        await prefetcher.prestage(files: extents, fileProblems: problems)
         device.activity.attach(prefetcher)
     }
 
@@ -322,15 +328,9 @@ public final class MountManager: Sendable {
     /// the backup disk itself (partition table, ext2/3/4) with the metadata read to find them. A path that is
     /// not there, or a file system GuestFS cannot read, is reported (logged and shown by `mount status`), and
     /// the mount goes on.
-    private func guestFileExtents(_ device: LiveMountDevice, profile: String) async
+    private func guestFileExtents(_ device: LiveMountDevice, profile: String, paths: [String]) async
         -> ([(offset: UInt64, length: UInt64)], [String])
     {
-        let paths: [String]
-        do {
-            paths = try traces?.files(profile: profile) ?? []
-        } catch {
-            return ([], ["cannot read the profile's guest files: \(error)"])
-        }
         guard !paths.isEmpty else { return ([], []) }
         var extents: [(offset: UInt64, length: UInt64)] = []
         var problems: [String] = []

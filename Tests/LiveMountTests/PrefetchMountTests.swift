@@ -1,6 +1,7 @@
 import BlockDevice
 import Cache
 import Foundation
+import GuestFS
 import LiveMount
 import Prefetch
 import Repository
@@ -139,5 +140,73 @@ struct PrefetchMountTests {
         #expect(other.activity.prefetcher == nil)
         await off.close()
         await other.close()
+    }
+}
+
+@Suite("Guest files in prefetch profiles")
+struct GuestFilePrefetchTests {
+    @Test("a profile's guest files are found in the backup (ext4) and pre-staged; a missing one is reported")
+    func stagesGuestFiles() async throws {
+        let scratch = try Scratch()
+        let root = scratch.path + "/root"
+        try FileManager.default.createDirectory(atPath: root + "/boot", withIntermediateDirectories: true)
+        let kernel = pattern(3 << 20, seed: 77)
+        _ = FileManager.default.createFile(atPath: root + "/boot/vmlinuz", contents: Data(kernel))
+        _ = FileManager.default.createFile(atPath: root + "/other", contents: Data(pattern(8 << 20, seed: 78)))
+        let image = scratch.path + "/disk.img"
+        let mkfs = Process()
+        mkfs.executableURL = URL(fileURLWithPath: "/usr/sbin/mkfs.ext4")
+        mkfs.arguments = ["-q", "-F", "-d", root, image, "64M"]
+        try mkfs.run()
+        mkfs.waitUntilExit()
+        try #require(mkfs.terminationStatus == 0, "mkfs.ext4 -d failed")
+
+        // Where the kernel really is, read from the image file directly.
+        let expected = try #require(
+            try await GuestFiles.locate(["/boot/vmlinuz"], on: FileDiskReader(path: image)).first?.get())
+        #expect(expected.dataBytes == UInt64(kernel.count))
+
+        let repository = try BackupRepository.open(path: scratch.path + "/repo", create: true, logger: quietLogger)
+        _ = FileManager.default.createFile(atPath: scratch.path + "/vm.conf", contents: Data("x\n".utf8))
+        _ = try repository.ingest(
+            IngestRequest(
+                vm: "guest", configurationPath: scratch.path + "/vm.conf",
+                disks: [IngestDisk(name: "disk0", source: image)]))
+        let store = try TraceStore.open(path: scratch.path + "/traces.sqlite")
+        try store.setFiles(["/boot/vmlinuz", "/etc/missing"], profile: "guest")
+        let cache = try await ChunkCache.open(
+            CacheConfiguration(
+                dataPath: scratch.path + "/cache.img", indexPath: scratch.path + "/cache.img.index", capacity: 64 << 20),
+            logger: quietLogger)
+        let manager = try MountManager(
+            repository: repository, source: repository.chunkSource, cache: cache, directory: scratch.path + "/state",
+            traces: store, logger: quietLogger)
+        let (_, device) = try await manager.mount(
+            target: ServedTarget.name, lun: 0, vm: "guest", backupID: nil, disk: nil, readOnly: true, origin: .api)
+        let manifest = device.manifest
+        let chunkSize = UInt64(manifest.chunkSize)
+        var kernelChunks = Set<Int>()
+        for extent in expected.extents {
+            for index in Int(extent.offset / chunkSize)...Int((extent.offset + extent.length - 1) / chunkSize) {
+                kernelChunks.insert(index)
+            }
+        }
+        for index in kernelChunks {
+            let id = try #require(manifest.chunk(at: index))
+            #expect(cache.contains(id), "chunk \(index) of /boot/vmlinuz is staged")
+        }
+        // The other file's chunks (those not shared with the kernel or metadata) were not fetched.
+        let other = try #require(
+            try await GuestFiles.locate(["/other"], on: FileDiskReader(path: image)).first?.get())
+        let otherOnly = other.extents.flatMap { extent in
+            Array(Int(extent.offset / chunkSize)...Int((extent.offset + extent.length - 1) / chunkSize))
+        }.filter { !kernelChunks.contains($0) }
+        #expect(!otherOnly.isEmpty)
+        #expect(otherOnly.contains { index in manifest.chunk(at: index).map { !cache.contains($0) } ?? false })
+        let statistics = try #require(device.activity.prefetcher?.statistics)
+        #expect(statistics.filesStaged >= kernelChunks.count)
+        #expect(statistics.fileProblems.count == 1)
+        #expect(statistics.fileProblems.first?.contains("/etc/missing") == true)
+        await device.close()
     }
 }
