@@ -22,11 +22,15 @@ public struct CacheConfiguration: Sendable {
     public var direct: Bool
     /// Most chunk reads from the `ChunkSource` running at once, foreground and background together.
     public var maxConcurrentFetches: Int
+    /// Serve hits that the kernel's page cache holds with a non-blocking buffered read (`preadv2` with
+    /// RWF_NOWAIT, inline), as tgt and buffered raw LUNs do; everything else stays O_DIRECT through libaio.
+    public var pageCacheHits: Bool
 
     public init(
         dataPath: String, indexPath: String, capacity: UInt64, slotSize: Int = 1 << 20, direct: Bool = true,
-        maxConcurrentFetches: Int = 16
+        maxConcurrentFetches: Int = 16, pageCacheHits: Bool = true
     ) {
+        self.pageCacheHits = pageCacheHits
         self.dataPath = dataPath
         self.indexPath = indexPath
         self.capacity = capacity

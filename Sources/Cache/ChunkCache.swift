@@ -144,16 +144,23 @@ public final class ChunkCache: Sendable {
 
     let configuration: CacheConfiguration
     private let device: AIOFileDevice
+    /// A second, buffered descriptor of the cache file for `readIfResident` (nil: that path is off). O_DIRECT
+    /// writes to a slot invalidate its pages in the page cache (Linux's direct-I/O write path does so before and
+    /// after the write), and a slot is only rewritten once no reader holds it, so what this reads is the slot's
+    /// current chunk.
+    private let hitReader: AIOFileDevice?
     private let index: CacheIndex
     private let logger: Logger
     private let state: Mutex<State>
     private let metrics: CacheMetrics
 
     private init(
-        configuration: CacheConfiguration, device: AIOFileDevice, index: CacheIndex, state: State, logger: Logger
+        configuration: CacheConfiguration, device: AIOFileDevice, hitReader: AIOFileDevice?, index: CacheIndex,
+        state: State, logger: Logger
     ) {
         self.configuration = configuration
         self.device = device
+        self.hitReader = hitReader
         self.index = index
         self.logger = logger
         self.state = Mutex(state)
@@ -195,11 +202,21 @@ public final class ChunkCache: Sendable {
             throw .ioError(dataPath, "\(error)")
         }
 
+        var hitReader: AIOFileDevice?
+        if configuration.pageCacheHits {
+            if device.isDirect {
+                hitReader = try? AIOFileDevice.open(
+                    path: dataPath, readOnly: true, direct: false, blockSize: alignment, logger: logger)
+            } else {
+                hitReader = device
+            }
+        }
         let index: CacheIndex
         do {
             index = try CacheIndex(path: configuration.indexPath)
         } catch {
             await device.close()
+            if let hitReader, hitReader !== device { await hitReader.close() }
             throw error
         }
         let indexPath = configuration.indexPath
@@ -211,6 +228,7 @@ public final class ChunkCache: Sendable {
         case .success(let value): loaded = value
         case .failure(let error):
             await device.close()
+            if let hitReader, hitReader !== device { await hitReader.close() }
             throw .indexError(indexPath, "\(error)")
         }
 
@@ -236,7 +254,8 @@ public final class ChunkCache: Sendable {
                 "path": "\(dataPath)", "slots": "\(slotCount)", "slotSize": "\(slotSize)",
                 "warmChunks": "\(loaded.records.count)", "direct": "\(device.isDirect)",
             ])
-        return ChunkCache(configuration: configuration, device: device, index: index, state: state, logger: logger)
+        return ChunkCache(
+            configuration: configuration, device: device, hitReader: hitReader, index: index, state: state, logger: logger)
     }
 
     private static func isResident(_ slot: SlotState) -> Bool {
@@ -362,6 +381,28 @@ public final class ChunkCache: Sendable {
         }
         if !submitted { endHit(lookup, range: range, outcome: .abandoned) }
         return submitted
+    }
+
+    /// The inline hit path: bytes `range` of chunk `id` when it is in a verified slot AND the kernel's page
+    /// cache holds those bytes of the cache file (a non-blocking `preadv2`, no I/O submitted, no thread hop).
+    /// Nil, with no other effect, otherwise: the caller then uses `readIfCached` or `read`. A page-cache miss
+    /// here starts the kernel's readahead, so a slot read often becomes a page-cache hit.
+    public func readIfResident(_ id: ChunkID, chunkLength: Int, range: Range<Int>) -> ByteBuffer? {
+        guard let hitReader, range.lowerBound >= 0, range.upperBound <= chunkLength, !range.isEmpty else { return nil }
+        let lookup = state.withLock { state -> HitLookup? in
+            guard !state.closed, let slot = state.index[id], case .resident(var resident) = state.slots[slot],
+                resident.verified, resident.length == chunkLength
+            else { return nil }
+            resident.readers += 1
+            state.slots[slot] = .resident(resident)
+            return HitLookup(
+                id: id, slot: slot, generation: resident.generation, verified: true, length: resident.length)
+        }
+        guard let lookup else { return nil }
+        let base = UInt64(lookup.slot) * UInt64(configuration.slotSize)
+        let bytes = hitReader.readIfReady(offset: base + UInt64(range.lowerBound), length: range.count)
+        endHit(lookup, range: range, outcome: bytes == nil ? .abandoned : .served)
+        return bytes
     }
 
     /// Brings chunk `id` into the cache (prefetch, readahead); returns once it is in a slot (or could not be
@@ -968,6 +1009,7 @@ public final class ChunkCache: Sendable {
         }
         await saveRecency()
         _ = await index.perform { db in try db.checkpoint() }
+        if let hitReader, hitReader !== device { await hitReader.close() }
         await device.close()
     }
 

@@ -109,6 +109,38 @@ public final class LiveMountDevice: BlockDevice {
         return result
     }
 
+    /// The inline read path (no I/O submitted): a range inside one chunk of the backup that the guest has not
+    /// written, served from zeros (an elided chunk, or what the guest unmapped) or from a cache slot the kernel's
+    /// page cache holds. Nil otherwise, or while a recorder or prefetcher listens (they see every read).
+    public func readIfReady(offset: UInt64, length: Int) -> ByteBuffer? {
+        guard length > 0, !activity.isListening else { return nil }
+        if let overlay {
+            let extents = overlay.extents(offset: offset, length: length)
+            guard extents.count == 1, let only = extents.first else { return nil }
+            switch only.kind {
+            case .data: return nil
+            case .zero: return ByteBuffer(repeating: 0, count: length)
+            case .absent: break
+            }
+        }
+        let chunkSize = UInt64(manifest.chunkSize)
+        let index = Int(offset / chunkSize)
+        guard Int((offset + UInt64(length) - 1) / chunkSize) == index else { return nil }
+        let start = Int(offset - UInt64(index) * chunkSize)
+        guard index < manifest.chunkCount, let id = manifest.chunk(at: index) else {
+            return ByteBuffer(repeating: 0, count: length)
+        }
+        let chunkLength = manifest.length(ofChunk: index)
+        let available = max(0, min(start + length, chunkLength) - start)
+        guard available > 0 else { return ByteBuffer(repeating: 0, count: length) }
+        guard var data = cache.readIfResident(id, chunkLength: chunkLength, range: start..<(start + available)) else {
+            return nil
+        }
+        if available < length { data.writeRepeatingByte(0, count: length - available) }
+        noteRead(chunk: index, offset: offset, length: length)
+        return data
+    }
+
     /// The callback read path for what needs no fetch: a range that is one overlay extent and either the
     /// guest's data (read from the overlay file), zeros it unmapped, or the backup within one chunk that is an
     /// elided zero chunk or resident and verified in the cache. Anything else (several extents, several
