@@ -19,6 +19,7 @@
 #   --out DIR    where the artifacts go (default /var/tmp/livemount-boot)
 #   --size SIZE  size of each disk image, as truncate(1) takes it (default 2G)
 #   --rebuild    rebuild the root file system and both images even if they are complete
+#   --rebuild-disks  rebuild both images (and GRUB) from the existing root file system
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=lib.sh
@@ -27,12 +28,14 @@ source "$here/lib.sh"
 out="$LIVEMOUNT_BOOT_DIR"
 size="2G"
 rebuild=0
+rebuild_disks=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) out="${2:?--out needs a directory}"; shift 2 ;;
     --size) size="${2:?--size needs a size}"; shift 2 ;;
     --rebuild) rebuild=1; shift ;;
-    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --rebuild-disks) rebuild_disks=1; shift ;;
+    -h|--help) usage; exit 0 ;;
     *) die "unknown argument: $1 (see --help)" ;;
   esac
 done
@@ -135,7 +138,6 @@ build_rootfs() {
   rm -f "$rootfs/usr/sbin/policy-rc.d"
   umount_chroot_fs
   rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/tmp/* "$rootfs"/var/log/*.log
-  install_grub_files
   touch "$rootfs_done"
   log "root file system ready in $(elapsed_since "$start") s ($(du -sh "$rootfs" | cut -f1))"
 }
@@ -156,16 +158,16 @@ install_grub_files() {
   mkdir -p "$rootfs/boot/grub/i386-pc"
   cp /usr/lib/grub/i386-pc/*.mod /usr/lib/grub/i386-pc/*.lst "$rootfs/boot/grub/i386-pc/"
   cat > "$rootfs/boot/grub/grub.cfg" <<EOF
-# LiveMount boot-trace guest: boot at once, GRUB's messages on the serial line too.
+# LiveMount boot-trace guest: boot at once; GRUB talks on the serial line (QEMU -nographic shows no VGA).
 serial --unit=0 --speed=115200
-terminal_input serial console
-terminal_output serial console
+terminal_input serial
+terminal_output serial
 set timeout=0
 set default=0
 echo "LIVEMOUNT-GRUB loading $kver"
 menuentry "Debian GNU/Linux ($kver)" {
   insmod ext2
-  linux /boot/vmlinuz-$kver root=UUID=$root_uuid ro console=ttyS0
+  linux /boot/vmlinuz-$kver root=UUID=$root_uuid ro console=ttyS0 panic=1
   initrd /boot/initrd.img-$kver
 }
 EOF
@@ -184,7 +186,7 @@ make_ext4() {
 # Form (a): the whole disk is the ext4 file system; the kernel and initrd are copied beside it.
 build_disk_a() {
   local img="$out/disk-a.img" done="$out/disk-a.img.complete" kver start
-  if [ "$rebuild" = 0 ] && [ -f "$done" ] && [ "$done" -nt "$rootfs_done" ]; then
+  if [ "$rebuild" = 0 ] && [ "$rebuild_disks" = 0 ] && [ -f "$done" ] && [ "$done" -nt "$rootfs_done" ]; then
     log "reusing $img"; return 0
   fi
   start=$(date +%s.%N)
@@ -242,7 +244,7 @@ install_grub_mbr() {
 # at that offset, GRUB in the MBR and the gap.
 build_disk_b() {
   local img="$out/disk-b.img" done="$out/disk-b.img.complete" part="$out/part-b.ext4" start total part_bytes
-  if [ "$rebuild" = 0 ] && [ -f "$done" ] && [ "$done" -nt "$rootfs_done" ]; then
+  if [ "$rebuild" = 0 ] && [ "$rebuild_disks" = 0 ] && [ -f "$done" ] && [ "$done" -nt "$rootfs_done" ]; then
     log "reusing $img"; return 0
   fi
   start=$(date +%s.%N)
@@ -254,6 +256,7 @@ build_disk_b() {
 label: dos
 start=$part_start_sector, type=83, bootable
 EOF
+  install_grub_files
   make_ext4 "$part" "$part_bytes"
   dd if="$part" of="$img" bs=1M seek=$((part_start_sector * 512)) oflag=seek_bytes conv=notrunc,sparse \
     status=none

@@ -48,3 +48,6 @@ debian_mirror() {
 
 # Prints the wall time since $1 (an `date +%s.%N` value) in seconds with two decimals.
 elapsed_since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }'; }
+
+# Prints the calling script's header comment (its lines 2.. up to the first line that is not a comment) as help.
+usage() { awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"; }

@@ -43,7 +43,7 @@ while [ $# -gt 0 ]; do
     --record) record="${2:?--record needs seconds}"; shift 2 ;;
     --bin) bin="${2:?--bin needs a directory}"; shift 2 ;;
     --timeout) timeout_s="${2:?--timeout needs seconds}"; shift 2 ;;
-    -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) usage; exit 0 ;;
     backup|cold|cached|train|trained) steps+=("$1"); shift ;;
     *) die "unknown argument: $1 (see --help)" ;;
   esac
