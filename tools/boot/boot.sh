@@ -91,8 +91,8 @@ else
   drive_args=(-drive "$drive,if=virtio,cache=$cache")
 fi
 
-qemu=(qemu-system-x86_64 -machine pc,accel=tcg -cpu max -m 1024 -smp 1 -nographic -no-reboot
-      -nic none "${drive_args[@]}")
+qemu=(qemu-system-x86_64 -machine pc,accel=tcg -cpu max -m 1024 -smp 1 -nographic -vga none
+      -no-reboot -nic none "${drive_args[@]}")
 [ "$snapshot" = 1 ] && qemu+=(-snapshot)
 if [ -n "$kernel" ]; then
   if [ -z "$root" ]; then
