@@ -89,6 +89,8 @@ public enum GuestFiles {
         var summary = ""
     }
 
+    /// Reads the partition table and opens every ext file system on it (the whole disk as a last resort); the
+    /// listing of what the disk holds is made only when nothing was found, for the error message.
     private static func openVolumes<Disk: GuestDiskReader>(_ disk: Disk) async -> Volumes<Disk> {
         var found = Volumes<Disk>()
         let whole = Partition.wholeDisk(size: disk.size)
@@ -114,13 +116,17 @@ public enum GuestFiles {
                 let kind = await FileSystemProbe.identify(disk, partition: partition)
                 described.append(([name] + [kind].compactMap { $0 }).joined(separator: " "))
             }
-            found.summary =
-                (partitions == [whole] ? "no partition table, " : "partitions: ") + described.joined(separator: ", ")
-                + (tableProblem.map { "; \($0)" } ?? "")
+            let listing = described.joined(separator: ", ")
+            if let tableProblem {
+                found.summary = "unreadable partition table: \(tableProblem); \(listing)"
+            } else {
+                found.summary = (partitions == [whole] ? "no partition table, " : "partitions: ") + listing
+            }
         }
         return found
     }
 
+    /// Opens the ext file system on `partition`, if it has one, noting why when it cannot be used.
     private static func open<Disk: GuestDiskReader>(
         _ partition: Partition, on disk: Disk, into found: inout Volumes<Disk>
     )
