@@ -56,6 +56,10 @@ public struct GuestFileMap: Sendable, Equatable {
 
     /// Bytes of file data on the disk (the sum of `extents`).
     public var dataBytes: UInt64 { extents.reduce(0) { $0 + $1.length } }
+
+    /// Everything a guest reads to open and read the file, data and metadata, sorted and merged: what a
+    /// prefetcher stages for it.
+    public var stagingExtents: [DiskExtent] { DiskExtent.normalized(extents + metadata) }
 }
 
 /// Finds guest files inside a disk image: partition table, then an ext2/3/4 file system, then the path.
