@@ -86,7 +86,16 @@ final class Ext4Volume<Disk: GuestDiskReader> {
             return nil
         }
         do throws(GuestFSError) {
-            return Ext4Volume(disk: disk, partition: partition, superblock: try Ext4Superblock(bytes))
+            let superblock = try Ext4Superblock(bytes)
+            // As the kernel's ext4_fill_super: "block count exceeds size of device" is refused, so no block
+            // number can reach into a neighbouring partition.
+            let (size, overflow) = superblock.blocksCount.multipliedReportingOverflow(by: superblock.blockSize)
+            guard !overflow, size <= partition.length else {
+                throw GuestFSError.corrupt(
+                    "\(superblock.blocksCount) blocks of \(superblock.blockSize) bytes exceed the \(partition.length)-byte \(partition.isWholeDisk ? "disk" : "partition")"
+                )
+            }
+            return Ext4Volume(disk: disk, partition: partition, superblock: superblock)
         } catch {
             throw error.within(
                 "\(Ext4Superblock.flavour(compat: bytes.le32(0x5C), incompat: bytes.le32(0x60), roCompat: bytes.le32(0x64))) on \(partition)"
@@ -130,8 +139,11 @@ final class Ext4Volume<Disk: GuestDiskReader> {
     }
 
     /// The non-empty components of a path as bytes (names on disk are bytes, not necessarily UTF-8).
-    static func components(_ path: String) -> [[UInt8]] {
-        Array(path.utf8).split(separator: UInt8(ascii: "/")).map(Array.init)
+    static func components(_ path: String) -> [[UInt8]] { components(Array(path.utf8)) }
+
+    /// The non-empty components of a path given as raw bytes (a symbolic link's target).
+    static func components(_ path: [UInt8]) -> [[UInt8]] {
+        path.split(separator: UInt8(ascii: "/")).map(Array.init)
     }
 
     /// Walks `components` from the root: `.` stays, `..` climbs the walked stack (the root is its own parent),
@@ -156,7 +168,7 @@ final class Ext4Volume<Disk: GuestDiskReader> {
             }
             let text = String(decoding: name, as: UTF8.self)
             guard let number = try await directory(current).lookup(name) else {
-                throw .noSuchFile(component: "", on: location)
+                throw .noSuchFile(on: [location])
             }
             let child = try await inode(number)
             if child.kind == .symlink {
@@ -171,7 +183,7 @@ final class Ext4Volume<Disk: GuestDiskReader> {
                     stack = [(Self.rootInode, "/")]
                     current = try await inode(Self.rootInode)
                 }
-                pending.append(contentsOf: Self.components(String(decoding: target, as: UTF8.self)).reversed())
+                pending.append(contentsOf: Self.components(target).reversed())
                 continue
             }
             stack.append((number, text))

@@ -51,12 +51,6 @@ public struct GuestFSError: Error, Sendable, CustomStringConvertible, Equatable 
 
     // MARK: - Factories
 
-    static func noSuchFile(component: String, on location: String) -> GuestFSError {
-        GuestFSError(
-            .noSuchFile, component.isEmpty ? "no such file (\(location))" : "'\(component)': no such file (\(location))"
-        )
-    }
-
     static func noSuchFile(on locations: [String]) -> GuestFSError {
         GuestFSError(.noSuchFile, "no such file (\(locations.joined(separator: ", ")))")
     }

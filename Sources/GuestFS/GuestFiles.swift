@@ -56,6 +56,10 @@ public struct GuestFileMap: Sendable, Equatable {
 
     /// Bytes of file data on the disk (the sum of `extents`).
     public var dataBytes: UInt64 { extents.reduce(0) { $0 + $1.length } }
+
+    /// Everything a guest reads to open and read the file, data and metadata, sorted and merged: what a
+    /// prefetcher stages for it.
+    public var stagingExtents: [DiskExtent] { DiskExtent.normalized(extents + metadata) }
 }
 
 /// Finds guest files inside a disk image: partition table, then an ext2/3/4 file system, then the path.
@@ -89,6 +93,8 @@ public enum GuestFiles {
         var summary = ""
     }
 
+    /// Reads the partition table and opens every ext file system on it (the whole disk as a last resort); the
+    /// listing of what the disk holds is made only when nothing was found, for the error message.
     private static func openVolumes<Disk: GuestDiskReader>(_ disk: Disk) async -> Volumes<Disk> {
         var found = Volumes<Disk>()
         let whole = Partition.wholeDisk(size: disk.size)
@@ -114,13 +120,17 @@ public enum GuestFiles {
                 let kind = await FileSystemProbe.identify(disk, partition: partition)
                 described.append(([name] + [kind].compactMap { $0 }).joined(separator: " "))
             }
-            found.summary =
-                (partitions == [whole] ? "no partition table, " : "partitions: ") + described.joined(separator: ", ")
-                + (tableProblem.map { "; \($0)" } ?? "")
+            let listing = described.joined(separator: ", ")
+            if let tableProblem {
+                found.summary = "unreadable partition table: \(tableProblem); \(listing)"
+            } else {
+                found.summary = (partitions == [whole] ? "no partition table, " : "partitions: ") + listing
+            }
         }
         return found
     }
 
+    /// Opens the ext file system on `partition`, if it has one, noting why when it cannot be used.
     private static func open<Disk: GuestDiskReader>(
         _ partition: Partition, on disk: Disk, into found: inout Volumes<Disk>
     )

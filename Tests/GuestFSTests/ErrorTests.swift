@@ -176,24 +176,36 @@ struct ErrorTests {
         #expect(failures > 300)
     }
 
-    @Test("randomly corrupted metadata (inodes, directories, extent trees) gives errors, never a crash or a hang")
-    func corruptedMetadata() async throws {
+    @Test(
+        "randomly corrupted metadata (inodes, directories, extent trees, indirect blocks) gives errors, never a crash",
+        arguments: [
+            ["-t", "ext4", "-b", "4096"], ["-t", "ext2", "-b", "1024"],
+            ["-t", "ext4", "-b", "1024", "-I", "256", "-O", "inline_data,meta_bg,^resize_inode"],
+        ])
+    func corruptedMetadata(_ format: [String]) async throws {
         let scratch = try Scratch()
         defer { scratch.remove() }
-        let (tree, image) = try sampleImage(scratch)
+        let tree = try SampleTree(scratch)
+        let image = try tree.makeImage("fuzz.img", size: 8 << 20, format)
         let original = [UInt8](try Data(contentsOf: URL(fileURLWithPath: image)))
         let paths = tree.expected.keys.sorted()
         // Corrupt exactly the blocks lookups read (except the superblock, covered above).
         var targets: [DiskExtent] = []
         for result in await GuestFiles.locate(paths, on: MemoryDisk(bytes: original)) {
-            if case .success(let map) = result { targets += map.metadata.filter { $0.offset >= 4096 } }
+            guard case .success(let map) = result else { continue }
+            for extent in map.metadata where extent.end > 2048 {
+                let start = max(extent.offset, 2048)
+                targets.append(DiskExtent(offset: start, length: extent.end - start))
+            }
         }
         targets = DiskExtent.normalized(targets)
         let targetBytes = targets.reduce(0) { $0 + $1.length }
-        #expect(targetBytes >= 5 * 4096)
+        #expect(targetBytes >= 5 * 1024)
         var random = SeededBytes(state: 77)
         var outcomes: [GuestFSError.Code: Int] = [:]
-        for _ in 0..<150 {
+        // GUESTFS_FUZZ_ROUNDS raises the count for a longer hunt by hand.
+        let rounds = ProcessInfo.processInfo.environment["GUESTFS_FUZZ_ROUNDS"].flatMap { Int($0) } ?? 150
+        for _ in 0..<rounds {
             var bytes = original
             for _ in 0..<40 {
                 var position = random.next() % targetBytes

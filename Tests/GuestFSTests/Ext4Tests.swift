@@ -173,6 +173,53 @@ struct Ext4MappingTests {
         try await tree.verifyAll(image: image, blockSize: 1024, more: ["/triple.bin"])
     }
 
+    @Test("ext4 with 4 KiB blocks over several flex_bg block groups")
+    func severalGroups() async throws {
+        let scratch = try Scratch()
+        defer { scratch.remove() }
+        var random = SeededBytes(state: 17)
+        var extra: [String: [UInt8]] = [:]
+        for index in 0..<24 { extra["/spread-\(index)/file"] = random.bytes(5000) }
+        let tree = try SampleTree(scratch, extra: extra)
+        let image = try tree.makeImage(
+            "groups.img", size: 1 << 30,
+            ["-t", "ext4", "-b", "4096", "-G", "4", "-N", "512", "-E", "lazy_itable_init=1"])
+        let groups = try Tools.run(Tools.debugfs, ["-R", "stats", image]).split(separator: "\n")
+            .first { $0.hasPrefix("Block count:") }
+        #expect(groups?.contains("262144") == true)
+        // 64 inodes per group: the 400-entry directory alone fills several groups, so later files live in
+        // groups whose inode tables sit in the second flex group.
+        let imap = try Tools.run(Tools.debugfs, ["-R", "imap /spread-23/file", image])
+        #expect(["block group 6", "block group 7"].contains { imap.contains($0) }, "\(imap)")
+        try await tree.verifyAll(image: image, blockSize: 4096, more: (0..<24).map { "/spread-\($0)/file" })
+    }
+
+    @Test("bigalloc: clusters of blocks, extents still in blocks")
+    func bigalloc() async throws {
+        let scratch = try Scratch()
+        defer { scratch.remove() }
+        let tree = try SampleTree(scratch)
+        let image = try tree.makeImage(
+            "bigalloc.img", size: 64 << 20, ["-t", "ext4", "-b", "4096", "-O", "bigalloc", "-C", "16384"])
+        try await tree.verifyAll(image: image, blockSize: 4096)
+    }
+
+    @Test("casefold directories match names case-insensitively")
+    func casefold() async throws {
+        let scratch = try Scratch()
+        defer { scratch.remove() }
+        let tree = try SampleTree(scratch)
+        let image = try tree.makeImage("casefold.img", size: 16 << 20, ["-t", "ext4", "-b", "4096", "-O", "casefold"])
+        let disk = try FileDiskReader(path: image)
+        let upper = "/many/A-RATHER-LONGER-FILE-NAME-001"
+        #expect(await failure(upper, on: disk)?.code == .noSuchFile)
+        try Tools.run(Tools.debugfs, ["-w", "-R", "set_inode_field /many flags 0x40081000", image])
+        let map = try await located(upper, on: try FileDiskReader(path: image))
+        try verify(
+            map, image: image, debugfsImage: image, guestPath: "/many/a-rather-longer-file-name-001",
+            source: tree.root + "/many/a-rather-longer-file-name-001", blockSize: 4096)
+    }
+
     @Test("ext3 is named ext3")
     func ext3() async throws {
         let scratch = try Scratch()

@@ -238,6 +238,13 @@ func verify(
     #expect(map.dataBytes == covered, "\(guestPath) extents cover the mapping", sourceLocation: sourceLocation)
     let mappedDisk = map.mapping.map { DiskExtent(offset: $0.diskOffset, length: $0.length) }
     #expect(DiskExtent.normalized(mappedDisk) == DiskExtent.normalized(map.extents), sourceLocation: sourceLocation)
+    let staged = map.stagingExtents
+    #expect(
+        (map.extents + map.metadata).allSatisfy { piece in
+            staged.contains { $0.offset <= piece.offset && $0.end >= piece.end }
+        },
+        sourceLocation: sourceLocation)
+    #expect(zip(staged, staged.dropFirst()).allSatisfy { $0.end < $1.offset }, sourceLocation: sourceLocation)
     #expect(map.metadata.contains { $0.offset <= map.partition.offset + 1024 && $0.end >= map.partition.offset + 2048 })
 }
 
