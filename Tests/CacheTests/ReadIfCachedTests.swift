@@ -112,3 +112,61 @@ struct ReadIfCachedTests {
         #expect(await overlayRead(overlay, offset: 4608, length: 512) == nil)
     }
 }
+
+/// Polls `readIfResident` until the page cache holds the range (its first misses start the kernel's readahead).
+private func residentRead(_ cache: ChunkCache, _ id: ChunkID, range: Range<Int>) async throws -> ByteBuffer? {
+    for _ in 0..<200 {
+        if let bytes = cache.readIfResident(id, chunkLength: chunkLength, range: range) { return bytes }
+        try await Task.sleep(nanoseconds: 5_000_000)
+    }
+    return nil
+}
+
+@Suite("ChunkCache.readIfResident (inline page-cache hits)")
+struct ReadIfResidentTests {
+    @Test("a verified slot is served inline with the right bytes; a miss or a closed cache declines")
+    func servesResidentSlots() async throws {
+        let dir = try ScratchDirectory()
+        defer { dir.remove() }
+        let source = FakeSource(length: chunkLength)
+        let cache = try await ChunkCache.open(configuration(dir, slots: 4), logger: testLogger)
+        let id = chunkID(7)
+        #expect(cache.readIfResident(id, chunkLength: chunkLength, range: 0..<4096) == nil)
+        _ = try await cache.stage(id, chunkLength: chunkLength, source: source)
+        let expected = chunkBytes(7, length: chunkLength)
+        for range in [0..<4096, 513..<9000, 0..<chunkLength] {
+            let bytes = try #require(try await residentRead(cache, id, range: range), "range \(range)")
+            #expect(bytes.bytes == Array(expected[range]))
+        }
+        #expect(cache.statistics.hits >= 3)
+        #expect(source.reads(id) == 1)
+        #expect(cache.readIfResident(id, chunkLength: chunkLength - 4096, range: 0..<4096) == nil)
+        await cache.close()
+        #expect(cache.readIfResident(id, chunkLength: chunkLength, range: 0..<4096) == nil)
+    }
+
+    @Test("a slot rewritten with another chunk (O_DIRECT) is never served with the old chunk's cached pages")
+    func coherentAfterSlotReuse() async throws {
+        let dir = try ScratchDirectory()
+        defer { dir.remove() }
+        let source = FakeSource(length: chunkLength)
+        let cache = try await ChunkCache.open(configuration(dir, slots: 2), logger: testLogger)
+        for round in 0..<6 {
+            // Each round: a chunk is read inline (its pages now in the page cache), then two more chunks
+            // evict it and one of them reuses its slot.
+            let first = chunkID(100 + round * 3)
+            _ = try await cache.stage(first, chunkLength: chunkLength, source: source)
+            let firstBytes = try #require(try await residentRead(cache, first, range: 0..<chunkLength))
+            #expect(firstBytes.bytes == chunkBytes(100 + round * 3, length: chunkLength))
+            for n in [101 + round * 3, 102 + round * 3] {
+                _ = try await cache.stage(chunkID(n), chunkLength: chunkLength, source: source)
+            }
+            #expect(cache.readIfResident(first, chunkLength: chunkLength, range: 0..<4096) == nil)
+            for n in [101 + round * 3, 102 + round * 3] {
+                let bytes = try #require(try await residentRead(cache, chunkID(n), range: 0..<chunkLength))
+                #expect(bytes.bytes == chunkBytes(n, length: chunkLength), "chunk \(n) in round \(round)")
+            }
+        }
+        await cache.close()
+    }
+}

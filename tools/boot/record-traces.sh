@@ -110,7 +110,8 @@ start_daemon() {
   start=$(date +%s.%N)
   rm -rf "$state/mounts"
   if [ "$mode" = cold ]; then rm -f "$cache" "$cache.index" "$cache.index-wal" "$cache.index-shm"; fi
-  [ -z "$record" ] || lun="$lun,record=$record"
+  # The cached step's whole-LUN read is not a boot: it is never recorded.
+  [ -z "$record" ] || [ "$mode" = warmup ] || lun="$lun,record=$record"
   "$bin/livemountd" --listen 127.0.0.1:0 --target "$target" --repo "$repo" --cache "$cache,$cache_size" \
     --repo-latency "$latency" --state-dir "$state" --control-socket "$socket" --lun "$lun" \
     > "$work/livemountd.out" 2>> "$work/livemountd.log" &
@@ -155,10 +156,12 @@ phase_cold() {
 
 # Fully cached boot: the whole LUN is read once through the daemon (filling the cache), then the guest boots.
 phase_cached() {
-  start_daemon keep
+  start_daemon warmup
   local start; start=$(date +%s.%N)
   "$bin/livemount" lun read --no-sha256 "iscsi://127.0.0.1:$port/$target/0" >&2
   log "cache warmed (whole LUN read) in $(elapsed_since "$start") s"
+  stop_daemon
+  start_daemon keep
   boot_guest cached
   stop_daemon
 }
@@ -167,8 +170,8 @@ phase_cached() {
 phase_train() {
   local start; start=$(date +%s.%N)
   [ -n "$record" ] || log "warning: train without --record: only traces recorded earlier are used"
-  "$bin/livemount" trace train "$vm" --state-dir "$state" >&2
-  "$bin/livemount" trace plan "$vm" --state-dir "$state" >&2 || true
+  "$bin/livemount" trace train "$vm" --traces-db "$state/traces.sqlite" >&2
+  "$bin/livemount" trace plan "$vm" --limit 10 --traces-db "$state/traces.sqlite" >&2 || true
   log "phase train: $(elapsed_since "$start") s"
 }
 
