@@ -318,7 +318,8 @@ public final class MountManager: Sendable {
             trained
             ?? PrefetchPlan(profile: profile, granularity: manifest.chunkSize, traceIDs: [], createdAt: 0, entries: [])
         let prefetcher = Prefetcher(
-            plan: plan, manifest: manifest, cache: cache, source: source, settings: prefetchSettings, logger: logger)
+            plan: plan, manifest: manifest, cache: cache, source: source, settings: prefetchSettings,
+            metricDimensions: [("target", record.target), ("lun", String(record.lun))], logger: logger)
         let (extents, problems) = await guestFileExtents(device, profile: profile, paths: files)
         await prefetcher.prestage(files: extents, fileProblems: problems)
         device.activity.attach(prefetcher)

@@ -1,6 +1,7 @@
 import Cache
 import Dispatch
 import Logging
+import Metrics
 import Prefetch
 import Repository
 import Synchronization
@@ -19,6 +20,7 @@ public final class Prefetcher: Sendable {
     private let settings: PrefetchSettings
     private let logger: Logger
     private let state: Mutex<State>
+    private let metrics: PrefetchMetrics
 
     /// What a chunk is to the prefetcher.
     private enum ChunkStatus {
@@ -51,8 +53,9 @@ public final class Prefetcher: Sendable {
 
     public init(
         plan: PrefetchPlan, manifest: DiskManifest, cache: ChunkCache, source: any ChunkSource,
-        settings: PrefetchSettings, logger: Logger
+        settings: PrefetchSettings, metricDimensions: [(String, String)] = [], logger: Logger
     ) {
+        self.metrics = PrefetchMetrics(dimensions: metricDimensions + [("profile", plan.profile)])
         self.plan = plan
         self.manifest = manifest
         self.cache = cache
@@ -167,6 +170,7 @@ public final class Prefetcher: Sendable {
                         state.hitBytes += bytes
                         state.usedBytes += bytes
                         state.leadTimes.append(Double(now - min(now, readyAt)) / 1e9)
+                        metrics.leadTime.recordNanoseconds(Int64(clamping: now - min(now, readyAt)))
                     case .staging:
                         anyBackup = true
                         allHit = false
@@ -193,7 +197,19 @@ public final class Prefetcher: Sendable {
         }
         for id in unpin { cache.unpin(id) }
         perform(actions)
+        updateMetrics()
         return prefetched
+    }
+
+    /// Publishes the figures as gauges (`livemount_prefetch_*`, per mount).
+    private func updateMetrics() {
+        let (staged, used, hit, miss) = state.withLock { ($0.stagedBytes, $0.usedBytes, $0.hitBytes, $0.missBytes) }
+        metrics.stagedBytes.record(staged)
+        metrics.usedBytes.record(used)
+        metrics.hitBytes.record(hit)
+        metrics.missBytes.record(miss)
+        metrics.precision.record(staged == 0 ? 0 : Double(used) / Double(staged))
+        metrics.recall.record(hit + miss == 0 ? 0 : Double(hit) / Double(hit + miss))
     }
 
     /// The figures now.
@@ -285,6 +301,7 @@ public final class Prefetcher: Sendable {
         }
         let actions = state.withLock { $0.closed ? [] : $0.follower.stageCompleted(index, success: success) }
         perform(actions)
+        updateMetrics()
     }
 
     /// Stages one chunk; returns the id it pinned (if `pin`) and whether it is in the cache now.
@@ -320,5 +337,28 @@ public final class Prefetcher: Sendable {
             if case .staging = state.chunks[index] { state.chunks[index] = .staged(readyAt: now) }
         }
         return (pin ? id : nil, true)
+    }
+}
+
+// MARK: - Metrics
+
+/// swift-metrics handles of one mount's prefetcher.
+struct PrefetchMetrics: Sendable {
+    let stagedBytes: Gauge
+    let usedBytes: Gauge
+    let hitBytes: Gauge
+    let missBytes: Gauge
+    let precision: Gauge
+    let recall: Gauge
+    let leadTime: Metrics.Timer
+
+    init(dimensions: [(String, String)]) {
+        stagedBytes = Gauge(label: "livemount_prefetch_staged_bytes", dimensions: dimensions)
+        usedBytes = Gauge(label: "livemount_prefetch_used_bytes", dimensions: dimensions)
+        hitBytes = Gauge(label: "livemount_prefetch_hit_bytes", dimensions: dimensions)
+        missBytes = Gauge(label: "livemount_prefetch_miss_bytes", dimensions: dimensions)
+        precision = Gauge(label: "livemount_prefetch_precision", dimensions: dimensions)
+        recall = Gauge(label: "livemount_prefetch_recall", dimensions: dimensions)
+        leadTime = Metrics.Timer(label: "livemount_prefetch_lead_time", dimensions: dimensions)
     }
 }

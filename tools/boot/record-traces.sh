@@ -179,6 +179,7 @@ phase_train() {
 phase_trained() {
   start_daemon cold
   boot_guest trained
+  "$bin/livemount" mount status --target "$target" --lun 0 --socket "$socket" >&2 || true
   stop_daemon
 }
 
