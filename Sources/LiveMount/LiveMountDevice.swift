@@ -113,13 +113,25 @@ public final class LiveMountDevice: BlockDevice {
     /// written, served from zeros (an elided chunk, or what the guest unmapped) or from a cache slot the kernel's
     /// page cache holds. Nil otherwise, or while a recorder or prefetcher listens (they see every read).
     public func readIfReady(offset: UInt64, length: Int) -> ByteBuffer? {
-        guard length > 0, !activity.isListening else { return nil }
+        guard activity.isListening else { return readDataIfReady(offset: offset, length: length)?.0 }
+        // Recording or prefetching: reported once the bytes are at hand (a read that is not ready goes on to
+        // `readAsync` or `read`, which report it).
+        let issued = activity.now()
+        guard let (data, source) = readDataIfReady(offset: offset, length: length) else { return nil }
+        if let ticket = activity.begin(offset: offset, length: length, issued: issued) {
+            activity.end(ticket, source: source)
+        }
+        return data
+    }
+
+    private func readDataIfReady(offset: UInt64, length: Int) -> (ByteBuffer, ReadSource)? {
+        guard length > 0 else { return nil }
         if let overlay {
             let extents = overlay.extents(offset: offset, length: length)
             guard extents.count == 1, let only = extents.first else { return nil }
             switch only.kind {
             case .data: return nil
-            case .zero: return ByteBuffer(repeating: 0, count: length)
+            case .zero: return (ByteBuffer(repeating: 0, count: length), .zero)
             case .absent: break
             }
         }
@@ -128,17 +140,17 @@ public final class LiveMountDevice: BlockDevice {
         guard Int((offset + UInt64(length) - 1) / chunkSize) == index else { return nil }
         let start = Int(offset - UInt64(index) * chunkSize)
         guard index < manifest.chunkCount, let id = manifest.chunk(at: index) else {
-            return ByteBuffer(repeating: 0, count: length)
+            return (ByteBuffer(repeating: 0, count: length), .zero)
         }
         let chunkLength = manifest.length(ofChunk: index)
         let available = max(0, min(start + length, chunkLength) - start)
-        guard available > 0 else { return ByteBuffer(repeating: 0, count: length) }
+        guard available > 0 else { return (ByteBuffer(repeating: 0, count: length), .zero) }
         guard var data = cache.readIfResident(id, chunkLength: chunkLength, range: start..<(start + available)) else {
             return nil
         }
         if available < length { data.writeRepeatingByte(0, count: length - available) }
         noteRead(chunk: index, offset: offset, length: length)
-        return data
+        return (data, .cache)
     }
 
     /// The callback read path for what needs no fetch: a range that is one overlay extent and either the
@@ -151,8 +163,41 @@ public final class LiveMountDevice: BlockDevice {
     ) -> Bool {
         guard length > 0 else { return false }
         guard activity.isListening else { return readDataAsync(offset: offset, length: length, completion: completion) }
-        // Recording or prefetching: reads take the async path, which reports them.
-        return false
+        // Recording or prefetching: the read is reported once submitted (a read that cannot be submitted goes on
+        // to `read`, which reports it); whichever of the report and the completion comes second ends it.
+        let issued = activity.now()
+        let source = activity.isRecording ? readSource(offset: offset, length: length) : .cache
+        let report = ReadReport()
+        let submitted = readDataAsync(offset: offset, length: length) { [activity] result in
+            if let ticket = report.completed() { activity.end(ticket, source: source) }
+            completion(result)
+        }
+        guard submitted else { return false }
+        if let ticket = activity.begin(offset: offset, length: length, issued: issued), report.begun(ticket) {
+            activity.end(ticket, source: source)
+        }
+        return true
+    }
+
+    /// Pairs a callback read's report with its completion, in whichever order they come.
+    private final class ReadReport: Sendable {
+        private let state = Mutex<(ticket: MountActivity.Ticket?, completed: Bool)>((nil, false))
+
+        /// The read completed: the ticket to end now, if the report came first.
+        func completed() -> MountActivity.Ticket? {
+            state.withLock { state in
+                state.completed = true
+                return state.ticket
+            }
+        }
+
+        /// The read was reported: true if it already completed (end it now).
+        func begun(_ ticket: MountActivity.Ticket) -> Bool {
+            state.withLock { state in
+                state.ticket = ticket
+                return state.completed
+            }
+        }
     }
 
     private func readDataAsync(

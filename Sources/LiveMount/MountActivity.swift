@@ -56,15 +56,20 @@ public final class MountActivity: Sendable {
 
     /// A read arrives: the prefetcher sees it (and moves its window) and the time is taken for the trace.
     /// Nil when nobody listens.
-    func begin(offset: UInt64, length: Int) -> Ticket? {
+    func begin(offset: UInt64, length: Int, issued: UInt64? = nil) -> Ticket? {
         guard listening.load(ordering: .relaxed) else { return nil }
+        let start = issued ?? now()
         let (prefetcher, recording) = state.withLock { ($0.prefetcher, $0.recorder != nil) }
         let prefetched = prefetcher?.guestRead(offset: offset, length: length) ?? false
         guard recording else { return nil }
-        return Ticket(
-            issued: DispatchTime.now().uptimeNanoseconds, offset: offset, length: length, prefetched: prefetched,
-            recording: true)
+        return Ticket(issued: start, offset: offset, length: length, prefetched: prefetched, recording: true)
     }
+
+    /// The clock traces use (monotonic nanoseconds).
+    func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
+
+    /// Whether a recorder is attached (reads then work out where they are served from).
+    var isRecording: Bool { state.withLock { $0.recorder != nil } }
 
     /// The read completed, served from `source`.
     func end(_ ticket: Ticket, source: ReadSource) {
