@@ -17,7 +17,7 @@ public struct PrefetchSettings: Sendable, Equatable, Codable {
     public var maxInFlight: Int
 
     public init(
-        prestageBytes: UInt64 = 128 << 20, prestageSeconds: Double = 10, prestageTimeoutSeconds: Double = 30,
+        prestageBytes: UInt64 = 256 << 20, prestageSeconds: Double = 30, prestageTimeoutSeconds: Double = 30,
         leadBytes: UInt64 = 256 << 20, leadSeconds: Double = 30, maxInFlight: Int = 8
     ) {
         self.prestageBytes = prestageBytes
