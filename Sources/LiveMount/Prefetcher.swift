@@ -111,7 +111,7 @@ public final class Prefetcher: Sendable {
             }
             Task {
                 await withTaskGroup(of: Void.self) { stages in
-                    for index in entries { stages.addTask { await self.stageEntry(index) } }
+                    for index in entries { stages.addTask { await self.stageEntry(index, paced: false) } }
                     for chunk in chunks { stages.addTask { _ = await self.stageChunk(chunk, pin: false) } }
                 }
                 finish()
@@ -275,7 +275,11 @@ public final class Prefetcher: Sendable {
     }
 
     /// Stages every chunk of plan entry `index` (pinned), then reports the entry complete.
-    private func stageEntry(_ index: Int) async {
+    ///
+    /// Window stages (`paced`) fetch an entry's chunks one after another, so the window keeps at most
+    /// `maxInFlight` chunk fetches running beside the guest (fills compete with its reads for CPU and for the
+    /// cache file's I/O queue); the pre-stage, before the LUN is live, fetches them all at once.
+    private func stageEntry(_ index: Int, paced: Bool = true) async {
         let entry = plan.entries[index]
         let chunkSize = UInt64(manifest.chunkSize)
         var success = true
@@ -283,11 +287,16 @@ public final class Prefetcher: Sendable {
             let first = Int(entry.offset / chunkSize)
             let last = min(Int((entry.offset + entry.length - 1) / chunkSize), manifest.chunkCount - 1)
             if first <= last {
-                let results = await withTaskGroup(of: (ChunkID?, Bool).self) { group in
-                    for chunk in first...last { group.addTask { await self.stageChunk(chunk, pin: true) } }
-                    var collected: [(ChunkID?, Bool)] = []
-                    for await result in group { collected.append(result) }
-                    return collected
+                var results: [(ChunkID?, Bool)] = []
+                if paced {
+                    for chunk in first...last { results.append(await stageChunk(chunk, pin: true)) }
+                } else {
+                    results = await withTaskGroup(of: (ChunkID?, Bool).self) { group in
+                        for chunk in first...last { group.addTask { await self.stageChunk(chunk, pin: true) } }
+                        var collected: [(ChunkID?, Bool)] = []
+                        for await result in group { collected.append(result) }
+                        return collected
+                    }
                 }
                 let pinned = results.compactMap(\.0)
                 success = results.allSatisfy(\.1)

@@ -13,12 +13,12 @@ public struct PrefetchSettings: Sendable, Equatable, Codable {
     public var leadBytes: UInt64
     /// How far ahead of the guest, in the plan's time, entries are staged.
     public var leadSeconds: Double
-    /// Plan entries being staged at once, at most.
+    /// Plan entries being staged at once, at most (each fetches its chunks one at a time).
     public var maxInFlight: Int
 
     public init(
         prestageBytes: UInt64 = 256 << 20, prestageSeconds: Double = 30, prestageTimeoutSeconds: Double = 30,
-        leadBytes: UInt64 = 256 << 20, leadSeconds: Double = 30, maxInFlight: Int = 8
+        leadBytes: UInt64 = 256 << 20, leadSeconds: Double = 30, maxInFlight: Int = 4
     ) {
         self.prestageBytes = prestageBytes
         self.prestageSeconds = prestageSeconds

@@ -1,4 +1,5 @@
 import TargetServer
+import Prefetch
 import Testing
 
 @testable import LiveMountConfig
@@ -164,6 +165,12 @@ struct AdHocArgumentsTests {
         #expect(spec.blockSize == 4096)
         #expect(spec.serial == "X-1")
         #expect(!spec.writeCache)
+        let live = try LUNSpecification.parse("3=backup:web01@2/data,ro,profile=web,prefetch=off,record=90").get()
+        #expect(live.backup == BackupReference(vm: "web01", backupID: 2, disk: "data"))
+        #expect(live.mountOptions == MountOptions(profile: "web", prefetch: false, recordBootSeconds: 90))
+        #expect(throws: (any Error).self) { try LUNSpecification.parse("0=backup:web01,record=0").get() }
+        #expect(throws: (any Error).self) { try LUNSpecification.parse("0=backup:web01,prefetch=maybe").get() }
+        #expect(throws: (any Error).self) { try LUNSpecification.parse("0=/d.img,record=60").get() }
         let plain = try LUNSpecification.parse("0=/d.img").get()
         #expect(plain == LUNSpecification(lun: 0, path: "/d.img"))
         #expect(plain.direct && !plain.readOnly && plain.blockSize == 512 && plain.writeCache && plain.serial == nil)

@@ -297,6 +297,41 @@ struct ConfigurationTests {
         #expect(configurationError(toml: text(true)) == nil)
     }
 
+    @Test("[prefetch] sets how live mounts pre-stage and prefetch; bad values name their field")
+    func prefetchTable() throws {
+        let scratch = try Scratch()
+        let image = try scratch.image("a.img")
+        let loaded = try DaemonConfiguration.parse(
+            toml: Self.document(
+                image: image,
+                top: """
+                    [prefetch]
+                    prestage_bytes = "64M"
+                    prestage_seconds = 5
+                    prestage_timeout_seconds = 12
+                    lead_bytes = "1G"
+                    lead_seconds = 20
+                    max_in_flight = 2
+                    """))
+        let prefetch = loaded.configuration.prefetch
+        #expect(prefetch.prestageBytes == 64 << 20)
+        #expect(prefetch.prestageSeconds == 5)
+        #expect(prefetch.prestageTimeoutSeconds == 12)
+        #expect(prefetch.leadBytes == 1 << 30)
+        #expect(prefetch.leadSeconds == 20)
+        #expect(prefetch.maxInFlight == 2)
+        expectIssue(
+            Self.document(image: image, top: "[prefetch]\nlead_bytes = \"lots\""), field: "prefetch.lead_bytes",
+            message: "is not a size")
+        expectIssue(
+            Self.document(image: image, top: "[prefetch]\nmax_in_flight = 0"), field: "prefetch.max_in_flight",
+            message: "out of range")
+        // Boot recording and profiles belong to backup LUNs only.
+        expectIssue(
+            Self.document(image: image, lunExtra: "record_boot = 60"), field: "targets[0].luns[0].record_boot",
+            message: "only a backup LUN")
+    }
+
     @Test("unknown keys are rejected by name, with a suggestion for typos")
     func unknownKeys() throws {
         let scratch = try Scratch()
@@ -315,7 +350,7 @@ struct ConfigurationTests {
             message: "did you mean max_burst_length?")
         expectIssue(
             Self.document(image: image, top: "colour = 1"), field: "colour",
-            message: "unknown key (expected one of: daemon, portals, iscsi, discovery, repository, cache, targets)")
+            message: "unknown key (expected one of: daemon, portals, iscsi, discovery, repository, cache, prefetch, targets)")
         expectIssue(
             Self.document(image: image, extra: "chap = { user = \"u\", secret = \"0123456789abc\", salt = 1 }"),
             field: "targets[0].chap.salt", message: "unknown key")
