@@ -346,6 +346,14 @@ public final class AIOFileDevice: BlockDevice {
         return readFromPageCache(offset: offset, length: length)
     }
 
+    /// Asks the kernel to read `offset ..< offset + length` into the page cache in the background
+    /// (`posix_fadvise(POSIX_FADV_WILLNEED)`), so later `readIfReady` calls find it. Buffered descriptors only.
+    public func adviseWillNeed(offset: UInt64, length: Int) {
+        guard !isDirect, length > 0, offset <= capacity, admitCall() else { return }
+        defer { finishCall() }
+        _ = posix_fadvise(fd, off_t(offset), off_t(min(UInt64(length), capacity - offset)), POSIX_FADV_WILLNEED)
+    }
+
     private func readFromPageCache(offset: UInt64, length: Int) -> ByteBuffer? {
         var buffer = ByteBufferAllocator().buffer(capacity: length)
         let copied = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { target -> Int in

@@ -405,6 +405,18 @@ public final class ChunkCache: Sendable {
         return bytes
     }
 
+    /// Asks the kernel to bring chunk `id`'s slot into the page cache (in the background), so the guest's first
+    /// read of a chunk the prefetcher staged is served inline by `readIfResident`, as a hot chunk's would be.
+    public func warmPageCache(_ id: ChunkID) {
+        guard let hitReader, hitReader !== device else { return }
+        let slot = state.withLock { state -> (Int, Int)? in
+            guard let slot = state.index[id], case .resident(let resident) = state.slots[slot] else { return nil }
+            return (slot, resident.length)
+        }
+        guard let (index, length) = slot else { return }
+        hitReader.adviseWillNeed(offset: UInt64(index) * UInt64(configuration.slotSize), length: Self.alignUp(length))
+    }
+
     /// Brings chunk `id` into the cache (prefetch, readahead); returns once it is in a slot (or could not be
     /// cached). True if it was not cached and had to be fetched. With `pin`, the slot is not evicted until
     /// `unpin` is called as many times.

@@ -341,6 +341,8 @@ public final class Prefetcher: Sendable {
                 "prefetch of a chunk failed", metadata: ["chunk": "\(index)", "disk": "\(manifest.name)", "error": "\(error)"])
             return (nil, false)
         }
+        // The guest's first read of it is then an inline page-cache hit, not an O_DIRECT read.
+        cache.warmPageCache(id)
         let now = DispatchTime.now().uptimeNanoseconds
         state.withLock { state in
             if case .staging = state.chunks[index] { state.chunks[index] = .staged(readyAt: now) }
