@@ -29,7 +29,6 @@ public final class MountActivity: Sendable {
         let offset: UInt64
         let length: Int
         let prefetched: Bool
-        let recording: Bool
     }
 
     private let listening = Atomic<Bool>(false)
@@ -62,14 +61,14 @@ public final class MountActivity: Sendable {
         let (prefetcher, recording) = state.withLock { ($0.prefetcher, $0.recorder != nil) }
         let prefetched = prefetcher?.guestRead(offset: offset, length: length) ?? false
         guard recording else { return nil }
-        return Ticket(issued: start, offset: offset, length: length, prefetched: prefetched, recording: true)
+        return Ticket(issued: start, offset: offset, length: length, prefetched: prefetched)
     }
 
     /// The clock traces use (monotonic nanoseconds).
     func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
 
-    /// Whether a recorder is attached (reads then work out where they are served from).
-    var isRecording: Bool { state.withLock { $0.recorder != nil } }
+    /// Whether a recording is running (reads then work out where they are served from).
+    var isRecording: Bool { state.withLock { $0.recorder.map { !$0.isStopped } ?? false } }
 
     /// The read completed, served from `source`.
     func end(_ ticket: Ticket, source: ReadSource) {
