@@ -78,7 +78,7 @@ let package = Package(
         .target(
             name: "LiveMount",
             dependencies: [
-                "Prefetch", "GuestFS", "Cache", "Repository", "BlockDevice", "SQLiteStore",
+                "Prefetch", "GuestFS", "Relocation", "Cache", "Repository", "BlockDevice", "SQLiteStore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -97,6 +97,18 @@ let package = Package(
             swiftSettings: strict
         ),
         .target(name: "GuestFS", swiftSettings: strict),
+
+        // MARK: - Relocation: drain a live mount to its primary LUN and switch over
+        .target(
+            name: "Relocation",
+            dependencies: [
+                "BlockDevice", "SQLiteStore", "CCRC32C",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ],
+            swiftSettings: strict
+        ),
 
         // MARK: - SCSI (SPC-4 / SBC-4 emulation)
         .target(
@@ -136,7 +148,7 @@ let package = Package(
         .target(
             name: "LiveMountConfig",
             dependencies: [
-                "TargetServer", "SCSI", "BlockDevice", "Prefetch",
+                "TargetServer", "SCSI", "BlockDevice", "Prefetch", "Relocation",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict
@@ -146,7 +158,7 @@ let package = Package(
         .target(
             name: "ControlPlane",
             dependencies: [
-                "Prefetch",
+                "Prefetch", "Relocation",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -168,7 +180,7 @@ let package = Package(
             name: "livemountd",
             dependencies: [
                 "LiveMountConfig", "TargetServer", "SCSI", "BlockDevice", "LiveMount", "Cache", "Repository",
-                "ControlPlane", "Prefetch", "GuestFS",
+                "ControlPlane", "Prefetch", "GuestFS", "Relocation",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -181,7 +193,7 @@ let package = Package(
         .executableTarget(
             name: "livemount",
             dependencies: [
-                "Repository", "ControlPlane", "BlockDevice", "Prefetch", "GuestFS",
+                "Repository", "ControlPlane", "BlockDevice", "Prefetch", "GuestFS", "Relocation",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -218,7 +230,7 @@ let package = Package(
             name: "LiveMountTests",
             dependencies: [
                 "LiveMount", "Cache", "Repository", "BlockDevice", "SCSI", "TargetServer", "ControlPlane",
-                "LiveMountConfig", "CLibISCSI", "Prefetch", "GuestFS",
+                "LiveMountConfig", "CLibISCSI", "Prefetch", "GuestFS", "Relocation",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
@@ -233,12 +245,20 @@ let package = Package(
         ),
         .testTarget(name: "GuestFSTests", dependencies: ["GuestFS"]),
         .testTarget(
+            name: "RelocationTests",
+            dependencies: [
+                "Relocation", "BlockDevice", "SQLiteStore", "CLibISCSI",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(
             name: "SCSITests",
             dependencies: ["SCSI", "BlockDevice", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .testTarget(
             name: "LiveMountConfigTests",
-            dependencies: ["LiveMountConfig", "Prefetch"]
+            dependencies: ["LiveMountConfig", "Prefetch", "Relocation"]
         ),
         .testTarget(
             name: "TargetServerTests",

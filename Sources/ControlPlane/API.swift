@@ -18,11 +18,14 @@ public struct MountRequest: Codable, Sendable, Equatable {
     public var prefetch: Bool?
     /// Record the first this-many seconds of every boot; nil or 0 = off.
     public var recordBootSeconds: Int?
+    /// Start relocating the mount to this primary LUN once it is mounted (see `RelocationRequest.to`).
+    public var relocateTo: String?
 
     public init(
         backup: String, disk: String? = nil, target: String, lun: UInt64? = nil, readOnly: Bool? = nil,
-        profile: String? = nil, prefetch: Bool? = nil, recordBootSeconds: Int? = nil
+        profile: String? = nil, prefetch: Bool? = nil, recordBootSeconds: Int? = nil, relocateTo: String? = nil
     ) {
+        self.relocateTo = relocateTo
         self.backup = backup
         self.disk = disk
         self.target = target
@@ -167,5 +170,26 @@ public struct StatusInfo: Codable, Sendable, Equatable {
         self.targets = targets
         self.mounts = mounts
         self.cache = cache
+    }
+}
+
+// MARK: - Relocation (issue 5)
+
+/// `POST /v1/mounts/TARGET/LUN/relocation`: start relocating a live mount to its primary LUN.
+/// The answer is the relocation's `RelocationStatus` (201).
+///
+/// The other relocation calls: `GET /v1/mounts/T/L/relocation` (its status), `POST .../relocation/pause`,
+/// `POST .../relocation/resume`, `DELETE .../relocation` (cancel; the LUN stays a live mount), and
+/// `GET /v1/relocations` (every relocation the daemon knows, completed ones included).
+public struct RelocationRequest: Codable, Sendable, Equatable {
+    /// The primary LUN: `/path`, `file:///path` (a file, created sparse if missing), a block device path, or
+    /// `iscsi://[user[%secret]@]host[:port]/IQN/LUN`.
+    public var to: String
+    /// A ceiling for this relocation in MiB/s (nil: the daemon's `[relocation] max_rate_mib`).
+    public var maxRateMiB: Int?
+
+    public init(to: String, maxRateMiB: Int? = nil) {
+        self.to = to
+        self.maxRateMiB = maxRateMiB
     }
 }
