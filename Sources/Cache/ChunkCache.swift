@@ -477,6 +477,25 @@ public final class ChunkCache: Sendable {
         if changed { metrics.update(statistics) }
     }
 
+    /// Frees the slots of `ids` that are resident and not pinned (a relocated mount's chunks, no longer needed);
+    /// a slot being read is freed when its readers are done. Returns how many slots were let go.
+    @discardableResult
+    public func release(_ ids: some Sequence<ChunkID>) -> Int {
+        let (rows, snapshot) = state.withLock { state -> ([(Int, Int64)], CacheStatistics) in
+            var rows: [(Int, Int64)] = []
+            for id in ids {
+                guard let slot = state.index[id], case .resident(let resident) = state.slots[slot], resident.pins == 0,
+                    let row = Self.drop(slot: slot, in: &state)
+                else { continue }
+                rows.append(row)
+            }
+            return (rows, state.statistics)
+        }
+        for row in rows { clearRow(row) }
+        metrics.update(snapshot)
+        return rows.count
+    }
+
     /// Whether chunk `id` is in a slot.
     public func contains(_ id: ChunkID) -> Bool {
         state.withLock { $0.index[id] != nil }
