@@ -134,18 +134,21 @@ public final class LiveMountDevice: BlockDevice {
         return worst
     }
 
-    private func readData(offset: UInt64, length: Int, priority: FetchPriority = .foreground)
+    /// `priority` and `admit` as for `ChunkCache.read`: the pump reads at background priority without filling the cache.
+    private func readData(offset: UInt64, length: Int, priority: FetchPriority = .foreground, admit: Bool = true)
         async throws(BlockDeviceError) -> ByteBuffer
     {
-        guard let overlay else { return try await readBackup(offset: offset, length: length, priority: priority) }
+        guard let overlay else {
+            return try await readBackup(offset: offset, length: length, priority: priority, admit: admit)
+        }
         let extents = overlay.extents(offset: offset, length: length)
         if extents.count == 1, let only = extents.first {
-            return try await readExtent(only, overlay: overlay, priority: priority)
+            return try await readExtent(only, overlay: overlay, priority: priority, admit: admit)
         }
         var result = ByteBuffer()
         result.reserveCapacity(length)
         for extent in extents {
-            var piece = try await readExtent(extent, overlay: overlay, priority: priority)
+            var piece = try await readExtent(extent, overlay: overlay, priority: priority, admit: admit)
             result.writeBuffer(&piece)
         }
         return result
@@ -332,13 +335,14 @@ public final class LiveMountDevice: BlockDevice {
     }
 
     /// One overlay extent: the guest's data, zeros it unmapped, or the backup beneath.
-    private func readExtent(_ extent: OverlayExtent, overlay: WriteOverlay, priority: FetchPriority)
+    private func readExtent(_ extent: OverlayExtent, overlay: WriteOverlay, priority: FetchPriority, admit: Bool)
         async throws(BlockDeviceError) -> ByteBuffer
     {
         switch extent.kind {
         case .data: return try await overlay.read(offset: extent.offset, length: extent.length)
         case .zero: return ByteBuffer(repeating: 0, count: extent.length)
-        case .absent: return try await readBackup(offset: extent.offset, length: extent.length, priority: priority)
+        case .absent:
+            return try await readBackup(offset: extent.offset, length: extent.length, priority: priority, admit: admit)
         }
     }
 
@@ -348,7 +352,7 @@ public final class LiveMountDevice: BlockDevice {
     }
 
     /// Bytes of the backup disk: one chunk at a time, the chunks of a multi-chunk read fetched in parallel.
-    private func readBackup(offset: UInt64, length: Int, priority: FetchPriority = .foreground)
+    private func readBackup(offset: UInt64, length: Int, priority: FetchPriority = .foreground, admit: Bool = true)
         async throws(BlockDeviceError) -> ByteBuffer
     {
         let chunkSize = UInt64(manifest.chunkSize)
@@ -358,7 +362,7 @@ public final class LiveMountDevice: BlockDevice {
         if priority == .foreground { noteRead(chunk: first, offset: offset, length: length) }
         if first == last {
             let start = Int(offset - UInt64(first) * chunkSize)
-            return try await readChunk(first, range: start..<(start + length), priority: priority)
+            return try await readChunk(first, range: start..<(start + length), priority: priority, admit: admit)
         }
         let pieces: [Int: ByteBuffer]
         do {
@@ -368,7 +372,9 @@ public final class LiveMountDevice: BlockDevice {
                     let lower = max(offset, chunkStart)
                     let upper = min(offset + UInt64(length), chunkStart + chunkSize)
                     let range = Int(lower - chunkStart)..<Int(upper - chunkStart)
-                    group.addTask { (index, try await self.readChunk(index, range: range, priority: priority)) }
+                    group.addTask {
+                        (index, try await self.readChunk(index, range: range, priority: priority, admit: admit))
+                    }
                 }
                 var collected: [Int: ByteBuffer] = [:]
                 for try await (index, buffer) in group { collected[index] = buffer }
@@ -389,7 +395,7 @@ public final class LiveMountDevice: BlockDevice {
     }
 
     /// `range` of chunk `index`: zeros for an elided zero chunk or past the disk's end, else through the cache.
-    private func readChunk(_ index: Int, range: Range<Int>, priority: FetchPriority = .foreground)
+    private func readChunk(_ index: Int, range: Range<Int>, priority: FetchPriority = .foreground, admit: Bool = true)
         async throws(BlockDeviceError) -> ByteBuffer
     {
         guard index < manifest.chunkCount, let id = manifest.chunk(at: index) else {
@@ -402,7 +408,7 @@ public final class LiveMountDevice: BlockDevice {
         do {
             data = try await cache.read(
                 id, chunkLength: chunkLength, range: range.lowerBound..<(range.lowerBound + available),
-                source: source, priority: priority)
+                source: source, priority: priority, admit: admit)
         } catch {
             logger.error(
                 "read failed",
@@ -610,7 +616,7 @@ extension LiveMountDevice: RelocationSource {
     }
 
     public func readForRelocation(offset: UInt64, length: Int) async throws(BlockDeviceError) -> ByteBuffer {
-        try await readData(offset: offset, length: length, priority: .background)
+        try await readData(offset: offset, length: length, priority: .background, admit: false)
     }
 
     public func stageForRelocation(offset: UInt64, length: Int) {

@@ -138,7 +138,8 @@ public final class RelocationService: Sendable {
             nextSequential: relocation.nextSequential, dirty: regions.dirty, content: regions.content,
             destinationZeroed: relocation.destinationZeroed)
         if relocation.phase != .paused && relocation.phase != .failed { relocation.resumes += 1 }
-        let pump = makePump(relocation, tracker: tracker, record: record, device: device, destination: destination)
+        let pump = makePump(
+            relocation, tracker: tracker, record: record, device: device, destination: destination, fullVerify: true)
         logger.info(
             "relocation resumed from its checkpoint",
             metadata: [
@@ -150,14 +151,14 @@ public final class RelocationService: Sendable {
 
     private func makePump(
         _ relocation: RelocationRecord, tracker: RegionTracker, record: MountRecord, device: LiveMountDevice,
-        destination: RelocationDestination
+        destination: RelocationDestination, fullVerify: Bool = false
     ) -> RelocationPump {
         var pumpSettings = settings
         pumpSettings.regionBytes = relocation.regionBytes
         let mounts = self.mounts
         let pump = RelocationPump(
             record: relocation, tracker: tracker, source: device, primary: destination, store: store,
-            settings: pumpSettings, logger: logger,
+            settings: pumpSettings, logger: logger, fullVerify: fullVerify,
             onCompleted: { mounts.relocationCompleted(record) })
         pumps.withLock { $0[record.id] = pump }
         return pump

@@ -13,8 +13,9 @@ import Synchronization
 ///    of the next `stageAheadMiB` are staged into the cache first so no copy waits on a fetch. Zeros are not
 ///    written where the destination already reads zeros, and are zero-filled cheaply elsewhere. Regions the guest
 ///    writes after their copy started are copied again (`RegionTracker`).
-/// 2. **Verifying.** Each region of the destination is read back and compared with the CRC32C of the data copied
-///    there; a mismatch is copied again.
+/// 2. **Verifying.** Each region is read back from the destination right after its copy and compared with the
+///    CRC32C of the source data copied there; a mismatch is copied again. A pump resumed after a restart reads
+///    the whole destination back once more before switching.
 /// 3. **Switching.** Guest writes are held, the last dirty regions are copied and verified, the destination is
 ///    flushed, `completed` is recorded, and the LUN is served by the destination; held writes go there.
 ///
@@ -30,6 +31,9 @@ public final class RelocationPump: RelocationTap, Sendable {
     private let logger: Logger
     private let metrics: RelocationMetrics
     private let onCompleted: @Sendable () async -> Void
+    /// Read the whole destination back before switching (a pump resumed from a checkpoint: what was copied
+    /// before the restart is checked again); otherwise each region is verified as it is copied.
+    private let fullVerify: Bool
 
     private let state: Mutex<State>
     /// Serialises checkpoints with the commit hook, so a checkpoint never drops a region a commit just recorded.
@@ -66,10 +70,11 @@ public final class RelocationPump: RelocationTap, Sendable {
     /// A pump for `record` (new or resumed from `store`); `start()` runs it.
     public init(
         record: RelocationRecord, tracker: RegionTracker, source: any RelocationSource, primary: any PrimaryLUN,
-        store: RelocationStore, settings: RelocationSettings, logger: Logger,
+        store: RelocationStore, settings: RelocationSettings, logger: Logger, fullVerify: Bool = false,
         onCompleted: @escaping @Sendable () async -> Void = {}
     ) {
         self.mountID = record.mountID
+        self.fullVerify = fullVerify
         self.source = source
         self.primary = primary
         self.store = store
@@ -284,14 +289,13 @@ public final class RelocationPump: RelocationTap, Sendable {
         var phase = state.withLock { $0.record.phase }
         if phase == .switching { phase = .verifying }
         if phase == .copying {
-            try await pass(verifying: false, allRegions: false)
-            try await converge(verifying: false)
+            try await pass(verifying: settings.verify, allRegions: false)
+            try await converge(verifying: settings.verify)
             phase = .verifying
-            setPhase(settings.verify ? .verifying : .switching)
         }
         if phase == .verifying && settings.verify {
             setPhase(.verifying)
-            try await pass(verifying: true, allRegions: true)
+            if fullVerify { try await pass(verifying: true, allRegions: true) }
             try await converge(verifying: true)
         }
         try await switchOver()
