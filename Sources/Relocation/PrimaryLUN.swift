@@ -8,6 +8,8 @@ public protocol PrimaryLUN: AnyObject, Sendable {
     var zeroFillIsCheap: Bool { get }
     /// Makes the range read as zeros.
     func zeroFill(offset: UInt64, length: UInt64) async throws(BlockDeviceError)
+    /// Flushes and closes the device (not after a switchover: the live mount owns it then).
+    func close() async
 }
 
 extension RelocationDestination: PrimaryLUN {}

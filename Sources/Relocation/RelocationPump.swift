@@ -83,9 +83,9 @@ public final class RelocationPump: RelocationTap, Sendable {
         self.onCompleted = onCompleted
         self.metrics = RelocationMetrics(dimensions: [("target", record.target), ("lun", String(record.lun))])
         let cap = [record.maxRateMiB, settings.maxRateMiB > 0 ? settings.maxRateMiB : nil].compactMap { $0 }.min()
+        let busy = min(settings.busyRateMiB, cap ?? settings.busyRateMiB)
         let governor = GuestLoadGovernor(
-            maxRate: cap.map { Double($0) * 1_048_576 },
-            busyRate: Double(settings.busyRateMiB) * 1_048_576 * (cap.map { min(1, Double($0) / Double(max(1, settings.busyRateMiB))) } ?? 1),
+            maxRate: cap.map { Double($0) * 1_048_576 }, busyRate: Double(busy) * 1_048_576,
             maxInFlight: settings.maxInFlight)
         self.state = Mutex(State(record: record, tracker: tracker, governor: governor, limits: governor.limits))
     }
@@ -133,6 +133,7 @@ public final class RelocationPump: RelocationTap, Sendable {
         }
         // The tap stays: writes until the LUN closes are still recorded by the commit hook.
         if wasRunning { _ = await waitForStop() }
+        if state.withLock({ $0.record.phase }) != .completed { await primary.close() }
     }
 
     /// Resumes a paused or failed relocation.
@@ -653,6 +654,8 @@ public final class RelocationPump: RelocationTap, Sendable {
         state.withLock { $0.record.phase = .cancelled }
         persist()
         source.setRelocationTap(nil)
+        let primary = self.primary
+        Task { await primary.close() }
         logger.info("relocation cancelled", metadata: ["mount": "\(mountID)"])
     }
 
