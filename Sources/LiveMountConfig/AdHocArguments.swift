@@ -19,7 +19,8 @@ public struct AdHocArguments: Sendable, Equatable {
     public var target: String?
     /// `--alias TEXT`.
     public var alias: String?
-    /// `--lun N=PATH[,ro][,direct=off][,bs=4096][,serial=X][,wce=off]`, repeatable.
+    /// `--lun N=PATH[,ro][,direct=off][,bs=4096][,serial=X][,wce=off]`, repeatable; a backup LUN is
+    /// `N=backup:VM[@ID][/DISK]` with `profile=`, `prefetch=`, `record=` and `relocate=URL`.
     public var luns: [String]
     /// `--chap USER:SECRET`.
     public var chap: String?
@@ -78,10 +79,13 @@ public struct LUNSpecification: Sendable, Equatable {
     public var backup: BackupReference?
     /// A backup LUN's `profile=NAME`, `prefetch=on|off` and `record=SECONDS`.
     public var mountOptions = MountOptions()
+    /// A backup LUN's `relocate=URL`: the primary LUN it is relocated to once mounted.
+    public var relocateTo: String?
 
     /// The options a `--lun` value accepts after the path, for messages and `--help`.
     public static let optionSummary =
-        "ro, rw, direct=on|off, bs=512|4096, serial=TEXT, wce=on|off; for backup: profile=NAME, prefetch=on|off, record=SECONDS"
+        "ro, rw, direct=on|off, bs=512|4096, serial=TEXT, wce=on|off; for backup: profile=NAME, prefetch=on|off, "
+        + "record=SECONDS, relocate=URL"
 
     /// Parses `N=PATH[,option]...`. A comma inside the path is written twice (`,,`), as in QEMU.
     public static func parse(_ spec: String) -> Result<LUNSpecification, LUNSpecificationError> {
@@ -142,6 +146,14 @@ public struct LUNSpecification: Sendable, Equatable {
                     return .failure(.init("record=\(v): expected seconds, 1-\(MountOptions.maximumRecordSeconds)"))
                 }
                 result.mountOptions.recordBootSeconds = seconds
+            case ("relocate", let v?):
+                guard result.backup != nil else {
+                    return .failure(.init("relocate=\(v): only a backup LUN (N=backup:VM) can be relocated"))
+                }
+                if let problem = LogicalUnitDefinition.relocationDestinationProblem(v) {
+                    return .failure(.init("relocate=\(v): \(problem)"))
+                }
+                result.relocateTo = v
             default:
                 return .failure(.init("unknown option \"\(option)\" (expected \(optionSummary))"))
             }
@@ -272,6 +284,7 @@ extension DaemonConfiguration {
                     naaIdentifier: DeviceIdentifiers.naaIdentifier(targetName: name, lun: lun.lun),
                     writeCacheEnabled: lun.writeCache, backup: lun.backup)
                 unit.mountOptions = lun.mountOptions
+                unit.relocateTo = lun.relocateTo
                 units.append(unit)
             case .success(let lun):
                 let path = absolute(lun.path)

@@ -37,6 +37,7 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public var controlSocket: String?
     /// How live mounts pre-stage and prefetch (`[prefetch]`).
     public var prefetch = PrefetchSettings()
+    /// How relocation pumps copy live mounts to their primary LUNs (`[relocation]`).
     public var relocation = RelocationSettings()
 
     /// Where the control API listens: the configured socket, else `STATE_DIR/control.sock`, else nowhere.
@@ -113,6 +114,8 @@ public struct LogicalUnitDefinition: Sendable, Equatable {
     public var writeCacheEnabled: Bool
     /// A live mount's profile, prefetch and boot recording (`profile`, `prefetch`, `record_boot`).
     public var mountOptions = MountOptions()
+    /// A backup LUN's primary LUN (`relocate_to`, ad hoc `relocate=URL`): once mounted, the daemon relocates it
+    /// there. Checked only syntactically here (`relocationDestinationProblem(_:)`); the pump parses it fully.
     public var relocateTo: String?
 
     public init(

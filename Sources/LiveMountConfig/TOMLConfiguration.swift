@@ -1,5 +1,6 @@
 import Logging
 import Prefetch
+import Relocation
 import TargetServer
 
 #if canImport(Glibc)
@@ -87,9 +88,14 @@ private struct Section {
 private struct TOMLMapper {
     var diagnostics = Diagnostics()
 
-    static let rootKeys = ["daemon", "portals", "iscsi", "discovery", "repository", "cache", "prefetch", "targets"]
+    static let rootKeys = [
+        "daemon", "portals", "iscsi", "discovery", "repository", "cache", "prefetch", "relocation", "targets",
+    ]
     static let prefetchKeys = [
         "prestage_bytes", "prestage_seconds", "prestage_timeout_seconds", "lead_bytes", "lead_seconds", "max_in_flight",
+    ]
+    static let relocationKeys = [
+        "region_kib", "max_in_flight", "max_rate_mib", "busy_rate_mib", "stage_ahead_mib", "checkpoint_seconds", "verify",
     ]
     static let daemonKeys = ["state_dir", "log_level", "control_socket"]
     static let repositoryKeys = ["path", "read_latency_ms", "read_bandwidth_mib"]
@@ -103,7 +109,7 @@ private struct TOMLMapper {
     static let targetKeys = ["name", "alias", "allow", "chap", "mutual_chap", "luns"]
     static let lunKeys = [
         "lun", "path", "backup", "read_only", "direct", "block_size", "serial", "write_cache", "profile", "prefetch",
-        "record_boot",
+        "record_boot", "relocate_to",
     ]
     static let chapKeys = ["user", "secret"]
 
@@ -214,6 +220,10 @@ private struct TOMLMapper {
             configuration.prefetch = settings
         }
 
+        if let relocation = table(root, "relocation") {
+            configuration.relocation = mapRelocation(relocation)
+        }
+
         if let targets = tables(root, "targets", required: true) {
             if targets.isEmpty { error(root.ref("targets"), "at least one target is required") }
             for target in targets {
@@ -234,6 +244,27 @@ private struct TOMLMapper {
         guard diagnostics.errors.isEmpty else { return nil }
         Checks.crossCheck(configuration, locator(document), into: &diagnostics)
         return diagnostics.errors.isEmpty ? configuration : nil
+    }
+
+    /// `[relocation]`: how relocation pumps run. Types are checked here; values by `RelocationSettings.problems()`,
+    /// each problem reported on the key it names.
+    private mutating func mapRelocation(_ relocation: Section) -> RelocationSettings {
+        checkKeys(relocation, Self.relocationKeys)
+        var settings = RelocationSettings()
+        // Wide ranges only keep the arithmetic safe; the real limits are RelocationSettings' (problems() below).
+        let wide = Int64(Int32.min)...Int64(Int32.max)
+        if let kib = integer(relocation, "region_kib", wide, nil) { settings.regionBytes = kib << 10 }
+        if let value = integer(relocation, "max_in_flight", wide, nil) { settings.maxInFlight = value }
+        if let value = integer(relocation, "max_rate_mib", wide, nil) { settings.maxRateMiB = value }
+        if let value = integer(relocation, "busy_rate_mib", wide, nil) { settings.busyRateMiB = value }
+        if let value = integer(relocation, "stage_ahead_mib", wide, nil) { settings.stageAheadMiB = value }
+        if let value = seconds(relocation, "checkpoint_seconds") { settings.checkpointSeconds = value }
+        if let value = bool(relocation, "verify") { settings.verify = value }
+        // The defaults are valid, so each problem is about a key the table sets.
+        for problem in settings.keyedProblems() {
+            error(relocation.ref(problem.key), problem.message)
+        }
+        return settings
     }
 
     /// `[iscsi]`: negotiation limits (RFC 7143 §13) and NOP-In keep-alive.
@@ -345,8 +376,12 @@ private struct TOMLMapper {
         if options.profile?.isEmpty == true { error(lun.ref("profile"), "a profile name must not be empty") }
         options.prefetch = bool(lun, "prefetch") ?? true
         options.recordBootSeconds = integer(lun, "record_boot", 0...Int64(MountOptions.maximumRecordSeconds), nil) ?? 0
+        let relocateTo = string(lun, "relocate_to")
+        if let relocateTo, backup != nil, let problem = LogicalUnitDefinition.relocationDestinationProblem(relocateTo) {
+            error(lun.ref("relocate_to"), problem)
+        }
         if backup == nil {
-            for key in ["profile", "prefetch", "record_boot"] where lun.table[key] != nil {
+            for key in ["profile", "prefetch", "record_boot", "relocate_to"] where lun.table[key] != nil {
                 error(lun.ref(key), "only a backup LUN (backup = ...) has \(key)")
             }
         }
@@ -358,6 +393,7 @@ private struct TOMLMapper {
             naaIdentifier: DeviceIdentifiers.naaIdentifier(targetName: targetName, lun: lunNumber),
             writeCacheEnabled: writeCache, backup: backup)
         definition.mountOptions = options
+        definition.relocateTo = relocateTo
         return definition
     }
 
@@ -455,6 +491,23 @@ private struct TOMLMapper {
             return nil
         }
         return bool
+    }
+
+    /// Seconds as an integer (`2`) or, since the TOML subset has no floats, a decimal string (`"0.5"`).
+    private mutating func seconds(_ section: Section, _ key: String) -> Double? {
+        guard let value = value(section, key, required: false) else { return nil }
+        switch value {
+        case .integer(let number): return Double(number)
+        case .string(let text):
+            guard let seconds = Double(text), seconds.isFinite else {
+                error(section.ref(key), "\"\(text)\" is not a number of seconds (e.g. 2 or \"0.5\")")
+                return nil
+            }
+            return seconds
+        default:
+            mismatch(section, key, expected: "an integer or a decimal string (e.g. 2 or \"0.5\")", found: value)
+            return nil
+        }
     }
 
     private mutating func integer(

@@ -66,7 +66,7 @@ struct MountCommand: AsyncParsableCommand {
 }
 
 /// `livemount mount [add] BACKUP --target IQN [--lun N] [--disk NAME] [--read-only] [--profile P] [--no-prefetch]
-/// [--record-boot SECONDS]`.
+/// [--record-boot SECONDS] [--relocate-to URL]`.
 struct MountBackupCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "add",
@@ -105,7 +105,16 @@ struct MountBackupCommand: AsyncParsableCommand {
         help: ArgumentHelp("Record the first SECONDS of every boot as a trace of the profile.", valueName: "seconds"))
     var recordBoot: Int?
 
+    @Option(
+        name: .customLong("relocate-to"),
+        help: ArgumentHelp(
+            "Once mounted, relocate it to this primary LUN (see `livemount relocate`): /path, file:///path or "
+                + "iscsi://host[:port]/IQN/LUN.",
+            valueName: "url"))
+    var relocateTo: String?
+
     func validate() throws {
+        if relocateTo?.isEmpty == true { throw ValidationError("--relocate-to: a destination URL must not be empty") }
         if let recordBoot, !(1...3600).contains(recordBoot) {
             throw ValidationError("--record-boot \(recordBoot): expected seconds, 1-3600")
         }
@@ -116,10 +125,13 @@ struct MountBackupCommand: AsyncParsableCommand {
         let data = try JSONEncoder().encode(
             MountRequest(
                 backup: backup, disk: disk, target: target, lun: lun, readOnly: readOnly, profile: profile,
-                prefetch: noPrefetch ? false : nil, recordBootSeconds: recordBoot))
+                prefetch: noPrefetch ? false : nil, recordBootSeconds: recordBoot, relocateTo: relocateTo))
         let answer = try await daemon.call("POST", "/v1/mounts", body: Array(data))
         let mount = try JSONDecoder().decode(MountInfo.self, from: Data(answer))
         print("mounted \(mount.vm)@\(mount.backupID)/\(mount.disk) as LUN \(mount.lun) of \(mount.target)")
+        if let relocateTo {
+            print("relocating it to \(relocateTo) (`livemount relocate status \(mount.target)/\(mount.lun) --watch`)")
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 // The livemount command-line tool: backups (`livemount backup ...`) in the repository, live mounts through the
-// daemon's control API (`livemount mount|unmount|mounts|status`), and LUN checks (`livemount lun read`).
+// daemon's control API (`livemount mount|unmount|mounts|status`), relocations to primary LUNs (`livemount
+// relocate`), and LUN checks (`livemount lun read`).
 import ArgumentParser
 
 /// The root command: `livemount <group> <command>`.
@@ -10,7 +11,7 @@ struct LiveMountTool: AsyncParsableCommand {
         subcommands: [
             BackupCommand.self, MountCommand.self, UnmountCommand.self, MountsCommand.self, StatusCommand.self,
             LUNCommand.self,
-            TraceCommand.self,
+            TraceCommand.self, RelocateCommand.self,
         ]
     )
 }

@@ -44,6 +44,13 @@ struct Livemountd: AsyncParsableCommand {
               bs=512|4096      logical block size in bytes (default 512)
               serial=TEXT      unit serial number (default: from target+LUN)
               wce=on|off       report a volatile write cache (default on)
+            and for a backup LUN:
+              profile=NAME     profile of its boot traces and prefetch plan (default: the VM)
+              prefetch=on|off  follow the profile's prefetch plan (default on)
+              record=SECONDS   record the first SECONDS of every boot as a trace
+              relocate=URL     relocate it to its primary LUN once mounted: /path,
+                               file:///path or iscsi://host[:port]/IQN/LUN
+                               (`livemount relocate status` shows the progress)
 
             When listening, exactly one line goes to standard output:
               livemountd: listening on 127.0.0.1:3260 (target NAME, 2 LUNs)
