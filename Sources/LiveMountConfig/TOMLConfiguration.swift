@@ -95,7 +95,8 @@ private struct TOMLMapper {
         "prestage_bytes", "prestage_seconds", "prestage_timeout_seconds", "lead_bytes", "lead_seconds", "max_in_flight",
     ]
     static let relocationKeys = [
-        "region_kib", "max_in_flight", "max_rate_mib", "busy_rate_mib", "stage_ahead_mib", "checkpoint_seconds", "verify",
+        "region_kib", "max_in_flight", "max_rate_mib", "busy_rate_mib", "stage_ahead_mib", "checkpoint_seconds",
+        "verify",
     ]
     static let daemonKeys = ["state_dir", "log_level", "control_socket"]
     static let repositoryKeys = ["path", "read_latency_ms", "read_bandwidth_mib"]

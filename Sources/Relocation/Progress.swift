@@ -114,9 +114,10 @@ public enum RelocationProgressFormat {
         var parts = [
             pad(status.phase.rawValue, to: phaseWidth) + " " + pad(percent(fraction), to: 6, left: true) + " "
                 + bar(fraction, width: barWidth),
-            "\(bytes(done)) / \(bytes(status.bytesTotal))",
-            rate(status.phase == .completed ? 0 : status.rateBytesPerSecond),
-            "ETA " + (status.phase == .completed ? eta(0) : eta(status.etaSeconds)),
+            // Fixed widths, so that a line redrawn in place keeps its columns and its bar width.
+            pad(bytes(done), to: 8, left: true) + " / " + bytes(status.bytesTotal),
+            pad(rate(status.phase == .completed ? 0 : status.rateBytesPerSecond), to: 11, left: true),
+            "ETA " + pad(status.phase == .completed ? eta(0) : eta(status.etaSeconds), to: 7, left: true),
             "dirty \(status.dirtyRegions)",
             "back-offs \(status.backoffs)",
         ]
@@ -126,9 +127,12 @@ public enum RelocationProgressFormat {
     }
 
     /// The progress line made to fit `columns` terminal columns (so a `\r` redraw never wraps): the bar takes
-    /// what the rest leaves, between 10 and 40 cells; on a very narrow terminal the line is cut.
+    /// what the rest leaves, between 10 and 40 cells; on a very narrow terminal the line is cut. An error text
+    /// does not shrink the bar (it is cut instead), so the bar keeps its width when one appears.
     public static func line(_ status: RelocationStatus, fitting columns: Int) -> String {
-        let fixedPart = line(status, barWidth: 0).count
+        var plain = status
+        plain.error = nil
+        let fixedPart = line(plain, barWidth: 0).count
         let width = min(40, max(10, columns - 1 - fixedPart))
         let text = line(status, barWidth: width)
         guard columns > 1, text.count > columns - 1 else { return text }

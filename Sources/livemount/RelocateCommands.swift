@@ -48,9 +48,9 @@ struct RelocateCommand: AsyncParsableCommand {
         commandName: "relocate",
         abstract: "Copy a live mount to its primary LUN while the guest runs, then switch the LUN over to it.",
         discussion: """
-            MOUNT is TARGET/LUN, e.g. iqn.2026-11.org.livemount:web/0. The destination URL is /path or
-            file:///path (a file, created sparse if missing, or a block device), or
-            iscsi://[user[%secret]@]host[:port]/IQN/LUN. Pacing comes from [relocation] in livemountd's
+            MOUNT is TARGET/LUN, e.g. iqn.2026-11.org.livemount:web/0. The destination URL is /path or \
+            file:///path (a file, created sparse if missing, or a block device), or \
+            iscsi://[user[%secret]@]host[:port]/IQN/LUN. Pacing comes from [relocation] in livemountd's \
             configuration; --max-rate overrides its max_rate_mib for one relocation.
             """,
         subcommands: [
@@ -66,7 +66,7 @@ struct RelocateStartCommand: AsyncParsableCommand {
         commandName: "start",
         abstract: "Start relocating a live mount (the default of `livemount relocate`).",
         discussion: """
-            With --wait, shows the progress as `relocate status MOUNT --watch` does until the relocation
+            With --wait, shows the progress as `relocate status MOUNT --watch` does until the relocation \
             completes (exit status 0), is cancelled or fails (exit status 1).
             """)
 
@@ -80,7 +80,8 @@ struct RelocateStartCommand: AsyncParsableCommand {
 
     @Option(
         name: .customLong("max-rate"),
-        help: ArgumentHelp("A ceiling in MiB/s for this relocation, 0 = none (default: max_rate_mib).", valueName: "mib"))
+        help: ArgumentHelp(
+            "A ceiling in MiB/s for this relocation, 0 = none (default: max_rate_mib).", valueName: "mib"))
     var maxRate: Int?
 
     @Flag(help: "Show the progress until the relocation ends; exit status 0 only when it completed.")
@@ -98,7 +99,7 @@ struct RelocateStartCommand: AsyncParsableCommand {
         let answer = try await daemon.call("POST", DaemonOptions.relocationPath(mount), body: Array(body))
         let status = try JSONDecoder().decode(RelocationStatus.self, from: Data(answer))
         if watch.json {
-            Terminal.write(String(decoding: try JSONEncoder().encode(status), as: UTF8.self) + "\n")
+            Terminal.write(try status.jsonLine())
         } else {
             Terminal.write(
                 "relocating \(mount) to \(status.destination) "
@@ -131,10 +132,10 @@ struct RelocateStatusCommand: AsyncParsableCommand {
         commandName: "status",
         abstract: "Show one relocation, or all relocations as a table.",
         discussion: """
-            With --watch, the progress is redrawn in place on a terminal (one line per relocation), or
-            printed as a line every interval otherwise: phase, percent, bar, bytes copied/total, rate,
-            ETA (h:mm:ss), dirty regions waiting to be copied again, and back-offs (the pump slowing down
-            for the guest). Watching stops when the relocation completes, is cancelled or fails; watching
+            With --watch, the progress is redrawn in place on a terminal (one line per relocation), or \
+            printed as a line every interval otherwise: phase, percent, bar, bytes copied/total, rate, \
+            ETA (h:mm:ss), dirty regions waiting to be copied again, and back-offs (the pump slowing down \
+            for the guest). Watching stops when the relocation completes, is cancelled or fails; watching \
             one mount then exits with status 0 only if it completed.
             """)
 
@@ -265,6 +266,13 @@ extension RelocationStatus {
         return formatter.string(from: Date(timeIntervalSince1970: TimeInterval(seconds)))
     }
 
+    /// The status as one line of JSON, keys sorted (`--json` while watching).
+    func jsonLine() throws -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return String(decoding: try encoder.encode(self), as: UTF8.self) + "\n"
+    }
+
     /// Succeeds for a completed relocation; a cancelled or failed one is an error (exit status 1).
     func requireCompleted() throws {
         let mount = MountAddress(target: target, lun: lun)
@@ -274,7 +282,8 @@ extension RelocationStatus {
         default:
             throw CLIError(
                 "relocation of \(mount) \(phase == .failed ? "failed" : "stopped (\(phase.rawValue))")"
-                    + (error.map { ": \($0)" } ?? "") + (phase == .failed ? " (`livemount relocate resume \(mount)`)" : ""))
+                    + (error.map { ": \($0)" } ?? "")
+                    + (phase == .failed ? " (`livemount relocate resume \(mount)`)" : ""))
         }
     }
 }
@@ -293,7 +302,7 @@ struct RelocationWatcher {
         while true {
             let status = try await daemon.relocationStatus(mount)
             if options.json {
-                Terminal.write(String(decoding: try JSONEncoder().encode(status), as: UTF8.self) + "\n")
+                Terminal.write(try status.jsonLine())
             } else if interactive {
                 Terminal.write("\r" + RelocationProgressFormat.line(status, fitting: Terminal.columns()) + "\u{1B}[K")
                 drewInPlace = true
@@ -314,7 +323,7 @@ struct RelocationWatcher {
             let statuses = try JSONDecoder().decode([RelocationStatus].self, from: Data(answer))
             if options.json {
                 for status in statuses {
-                    Terminal.write(String(decoding: try JSONEncoder().encode(status), as: UTF8.self) + "\n")
+                    Terminal.write(try status.jsonLine())
                 }
             } else if statuses.isEmpty {
                 Terminal.write("no relocations\n")

@@ -45,7 +45,7 @@ struct Livemountd: AsyncParsableCommand {
               serial=TEXT      unit serial number (default: from target+LUN)
               wce=on|off       report a volatile write cache (default on)
             and for a backup LUN:
-              profile=NAME     profile of its boot traces and prefetch plan (default: the VM)
+              profile=NAME     profile of its traces and prefetch plan (default: the VM)
               prefetch=on|off  follow the profile's prefetch plan (default on)
               record=SECONDS   record the first SECONDS of every boot as a trace
               relocate=URL     relocate it to its primary LUN once mounted: /path,

@@ -126,7 +126,9 @@ struct RelocationConfigurationTests {
 
     @Test("relocate_to on a backup LUN is kept; it is checked only syntactically")
     func relocateTo() throws {
-        for url in ["/dev/sdb", "file:///srv/primary/web01.img", "iscsi://admin%secret@10.0.0.5:3260/iqn.2026-11.org.san:vol/3"] {
+        for url in [
+            "/dev/sdb", "file:///srv/primary/web01.img", "iscsi://admin%secret@10.0.0.5:3260/iqn.2026-11.org.san:vol/3",
+        ] {
             let scratch = try Scratch()
             let loaded = try DaemonConfiguration.parse(
                 toml: try Self.backupDocument(scratch, lunExtra: "relocate_to = \"\(url)\""))
@@ -158,7 +160,8 @@ struct RelocationConfigurationTests {
 
     @Test("ad hoc --lun N=backup:VM,relocate=URL sets the LUN's destination")
     func adHoc() throws {
-        let spec = try LUNSpecification.parse("0=backup:web01,relocate=iscsi://san:3260/iqn.2026-11.org.san:vol/3").get()
+        let spec = try LUNSpecification.parse("0=backup:web01,relocate=iscsi://san:3260/iqn.2026-11.org.san:vol/3")
+            .get()
         #expect(spec.relocateTo == "iscsi://san:3260/iqn.2026-11.org.san:vol/3")
         #expect(spec.backup == BackupReference(vm: "web01"))
         // A comma in the URL is written twice, as in any --lun value.

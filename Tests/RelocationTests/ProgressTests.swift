@@ -104,7 +104,18 @@ struct ProgressTests {
         #expect(unknown.contains("ETA -:--:--"))
         #expect(unknown.hasSuffix("error: paused by the operator"))
         let done = Format.line(Self.status(phase: .completed, done: 4 << 30, left: 0, eta: nil), barWidth: 4)
-        #expect(done.hasPrefix("completed 100.0% [####]  4.00 GiB / 4.00 GiB  0.0 MiB/s  ETA 0:00:00"))
+        #expect(done.hasPrefix("completed 100.0% [####]  4.00 GiB / 4.00 GiB    0.0 MiB/s  ETA 0:00:00"))
+    }
+
+    @Test("the line keeps its length while the figures change, so a redraw in place does not jitter")
+    func stableWidth() {
+        let total: UInt64 = 4 << 30
+        let lengths = [UInt64(1_593_000), 805 << 20, 1_690_000_000, total - 1].enumerated().map { index, done in
+            var status = Self.status(done: done, left: total - done, eta: [3, 75, 1800, 0.2][index])
+            status.rateBytesPerSecond = [5e5, 2e7, 3e8, 1e9][index]
+            return Format.line(status, barWidth: 20).count
+        }
+        #expect(Set(lengths).count == 1, "\(lengths)")
     }
 
     @Test("a line fitted to the terminal never reaches its last column, and the bar takes the slack")
@@ -120,6 +131,12 @@ struct ProgressTests {
         let fitted = Format.line(status, fitting: rest + 26)
         #expect(fitted == Format.line(status, barWidth: 25))
         #expect(fitted.count == rest + 25)
+        // An error is cut rather than shrinking the bar.
+        var failed = status
+        failed.error = String(repeating: "x", count: 300)
+        let cut = Format.line(failed, fitting: rest + 26)
+        #expect(cut.count == rest + 25)
+        #expect(cut.hasPrefix(Format.line(status, barWidth: 25)))
     }
 
     @Test("the table aligns its columns and shows every relocation")
@@ -154,7 +171,9 @@ struct ProgressTests {
 
     @Test("a mount is TARGET/LUN, split at the last slash")
     func mountAddress() {
-        #expect(MountAddress("iqn.2026-11.org.livemount:web/0") == MountAddress(target: "iqn.2026-11.org.livemount:web", lun: 0))
+        #expect(
+            MountAddress("iqn.2026-11.org.livemount:web/0")
+                == MountAddress(target: "iqn.2026-11.org.livemount:web", lun: 0))
         #expect(MountAddress("a/b/17") == MountAddress(target: "a/b", lun: 17))
         #expect(MountAddress("iqn.2026-11.org.livemount:web/0")?.description == "iqn.2026-11.org.livemount:web/0")
         for bad in ["iqn.x", "/0", "iqn.x/", "iqn.x/-1", "iqn.x/+1", "iqn.x/1a", "iqn.x/99999999999999999999999"] {
