@@ -96,6 +96,8 @@ public final class ChunkCache: Sendable {
         var touched: TouchMap
         /// A caller read bytes that an earlier caller of this flight had read: admit to Am.
         var reReferenced = false
+        /// Whether the fetched chunk goes into a slot: false while every caller read it with `admit: false`.
+        var admit = true
     }
 
     /// A fetch waiting for one of the `maxConcurrentFetches` permits.
@@ -311,10 +313,11 @@ public final class ChunkCache: Sendable {
     // MARK: - Reading
 
     /// Bytes `range` of chunk `id`'s plaintext (`chunkLength` bytes), from its slot or, on a miss, from one
-    /// shared fetch through `source`.
+    /// shared fetch through `source`. With `admit: false` a miss is not kept in a slot (unless another caller of
+    /// the same fetch wants it kept): a one-pass reader such as the relocation pump does not fill the cache.
     public func read(
         _ id: ChunkID, chunkLength: Int, range: Range<Int>, source: any ChunkSource,
-        priority: FetchPriority = .foreground
+        priority: FetchPriority = .foreground, admit: Bool = true
     ) async throws(ChunkReadError) -> ByteBuffer {
         guard range.lowerBound >= 0, range.upperBound <= chunkLength else {
             throw ChunkReadError(.ioError, chunk: id, "range \(range) is outside the chunk's \(chunkLength) bytes")
@@ -325,7 +328,9 @@ public final class ChunkCache: Sendable {
                 if let bytes = await readSlot(lookup, range: range) { return bytes }
                 continue
             }
-            switch await join(id, chunkLength: chunkLength, priority: priority, pin: false, reference: range) {
+            switch await join(
+                id, chunkLength: chunkLength, priority: priority, pin: false, reference: range, admit: admit)
+            {
             case .resident:
                 continue
             case .buffer(let whole):
@@ -475,6 +480,25 @@ public final class ChunkCache: Sendable {
             return true
         }
         if changed { metrics.update(statistics) }
+    }
+
+    /// Frees the slots of `ids` that are resident and not pinned (a relocated mount's chunks, no longer needed);
+    /// a slot being read is freed when its readers are done. Returns how many slots were let go.
+    @discardableResult
+    public func release(_ ids: some Sequence<ChunkID>) -> Int {
+        let (rows, snapshot) = state.withLock { state -> ([(Int, Int64)], CacheStatistics) in
+            var rows: [(Int, Int64)] = []
+            for id in ids {
+                guard let slot = state.index[id], case .resident(let resident) = state.slots[slot], resident.pins == 0,
+                    let row = Self.drop(slot: slot, in: &state)
+                else { continue }
+                rows.append(row)
+            }
+            return (rows, state.statistics)
+        }
+        for row in rows { clearRow(row) }
+        metrics.update(snapshot)
+        return rows.count
     }
 
     /// Whether chunk `id` is in a slot.
@@ -663,7 +687,8 @@ public final class ChunkCache: Sendable {
 
     /// Joins the fetch of `id`, or becomes the caller that fetches it.
     private func join(
-        _ id: ChunkID, chunkLength: Int, priority: FetchPriority, pin: Bool, reference: Range<Int>?
+        _ id: ChunkID, chunkLength: Int, priority: FetchPriority, pin: Bool, reference: Range<Int>?,
+        admit: Bool = true
     ) async -> JoinOutcome {
         let counted = reference != nil
         let outcome = await withCheckedContinuation { (continuation: CheckedContinuation<JoinOutcome, Never>) in
@@ -671,6 +696,7 @@ public final class ChunkCache: Sendable {
                 if state.closed { return .closed }
                 if state.index[id] != nil { return .resident }
                 if var flight = state.flights[id] {
+                    if admit { flight.admit = true }
                     if pin { flight.pins += 1 }
                     if let reference, flight.touched.touch(reference) { flight.reReferenced = true }
                     if let fetched = flight.fetched {
@@ -694,6 +720,7 @@ public final class ChunkCache: Sendable {
                 var flight = Flight(
                     token: state.nextToken, priority: priority, touched: TouchMap(chunkLength: chunkLength))
                 if pin { flight.pins = 1 }
+                flight.admit = admit
                 if let reference { _ = flight.touched.touch(reference) }
                 state.flights[id] = flight
                 if counted { state.statistics.misses += 1 }
@@ -741,7 +768,7 @@ public final class ChunkCache: Sendable {
                 guard var flight = state.flights[id] else { return ([], [], false, state.statistics) }
                 let waiters = flight.waiters
                 flight.waiters = []
-                guard cacheable, !state.closed else {
+                guard cacheable, !state.closed, flight.admit else {
                     state.flights[id] = nil
                     return (waiters, flight.fillWaiters, false, state.statistics)
                 }

@@ -49,7 +49,19 @@ public final class WriteOverlay: Sendable {
         var map: ExtentMap
         /// Ranges whose map state changed since the last flush.
         var dirty: [Range<UInt64>] = []
+        /// Ranges of the commits running now, by token.
+        var committing: [Int: [Range<UInt64>]] = [:]
+        var nextCommit = 0
         var closed = false
+        /// Told of each commit's ranges before it is made (a relocation records them as dirty first).
+        var commitObserver: (@Sendable ([Range<UInt64>]) -> Bool)?
+
+        /// Notes `ranges` as being committed (until `commit` ends) and returns the commit's token.
+        mutating func beginCommit(_ ranges: [Range<UInt64>]) -> Int {
+            defer { nextCommit += 1 }
+            committing[nextCommit] = ranges
+            return nextCommit
+        }
     }
     private let state: Mutex<State>
 
@@ -179,11 +191,29 @@ public final class WriteOverlay: Sendable {
         guard length > 0 else { return }
         try await device.write(offset: offset, data: data, fua: fua)
         let range = offset..<offset + UInt64(length)
-        state.withLock { state in
+        let token = state.withLock { state -> Int? in
             state.map.set(range.lowerBound, range.upperBound, .data)
-            if !fua { state.dirty.append(range) }
+            guard fua else {
+                state.dirty.append(range)
+                return nil
+            }
+            return state.beginCommit([range])
         }
-        if fua { try await commit([range]) }
+        if let token { try await commit([range], token: token) }
+    }
+
+    // MARK: - Relocation support
+
+    /// Calls `observer` with the ranges of every map commit, on the commit queue, just before the commit is made;
+    /// false from it fails the commit (the flush or FUA write reports a write error). Nil removes it.
+    public func setCommitObserver(_ observer: (@Sendable ([Range<UInt64>]) -> Bool)?) {
+        state.withLock { $0.commitObserver = observer }
+    }
+
+    /// Ranges whose map change is not committed yet (written or unmapped since the last flush, or in a commit
+    /// that has not finished): after a `kill -9` they may read as they were before.
+    public func uncommittedRanges() -> [Range<UInt64>] {
+        state.withLock { state in state.dirty + state.committing.values.flatMap { $0 } }
     }
 
     /// Deallocates `[offset, offset + length)`: later reads of it return zeros (punches a hole where the
@@ -202,28 +232,38 @@ public final class WriteOverlay: Sendable {
     /// Makes every completed write and unmap durable: `fdatasync` the file, then commit the map changes
     /// since the last flush in one transaction.
     public func flush() async throws(BlockDeviceError) {
-        let ranges = state.withLock { state -> [Range<UInt64>] in
+        let (ranges, token) = state.withLock { state -> ([Range<UInt64>], Int) in
             defer { state.dirty = [] }
-            return state.dirty
+            return (state.dirty, state.beginCommit(state.dirty))
         }
         do {
             try await device.flush()
-            try await commit(ranges)
+            try await commit(ranges, token: token)
         } catch {
-            state.withLock { $0.dirty.append(contentsOf: ranges) }
+            state.withLock { state in
+                state.committing.removeValue(forKey: token)
+                state.dirty.append(contentsOf: ranges)
+            }
             throw error
         }
     }
 
     /// Commits the map state in memory of `ranges`, read when the commit runs, in one transaction.
-    private func commit(_ ranges: [Range<UInt64>]) async throws(BlockDeviceError) {
+    /// `token` is the one `State.beginCommit` gave for these ranges; it is ended here.
+    private func commit(_ ranges: [Range<UInt64>], token: Int) async throws(BlockDeviceError) {
+        defer { _ = state.withLock { $0.committing.removeValue(forKey: token) } }
         let merged = Self.merge(ranges)
         guard !merged.isEmpty else { return }
         let database = self.database
         let failure = await withCheckedContinuation { (continuation: CheckedContinuation<BlockDeviceError?, Never>) in
             commitQueue.async {
-                let runs = self.state.withLock { state in
-                    merged.map { state.map.runs(in: $0.lowerBound, $0.upperBound) }
+                let (runs, observer) = self.state.withLock { state in
+                    (merged.map { state.map.runs(in: $0.lowerBound, $0.upperBound) }, state.commitObserver)
+                }
+                if let observer, !observer(merged) {
+                    continuation.resume(
+                        returning: .writeFailed("overlay map \(self.mapPath): the relocation could not record the write"))
+                    return
                 }
                 do {
                     try OverlayMapStore.commit(database, ranges: merged, runs: runs)

@@ -2,7 +2,9 @@ import BlockDevice
 import Cache
 import Logging
 import NIOCore
+import Dispatch
 import Prefetch
+import Relocation
 import Repository
 import Synchronization
 
@@ -18,7 +20,12 @@ public final class LiveMountDevice: BlockDevice {
     public let blockSize: Int
     public let blockCount: UInt64
     public let isReadOnly: Bool
-    public var supportsUnmap: Bool { overlay != nil }
+    public var supportsUnmap: Bool {
+        if switched.load(ordering: .acquiring), let primary = relocation.withLock({ $0.primary }) {
+            return primary.supportsUnmap
+        }
+        return overlay != nil
+    }
 
     /// The backup disk being served.
     public let manifest: DiskManifest
@@ -32,6 +39,25 @@ public final class LiveMountDevice: BlockDevice {
     private let logger: Logger
     /// The trace recorder and the prefetcher, when the mount has them.
     public let activity: MountActivity
+    /// Relocation: the pump's tap, held writes, and the primary LUN once switched over.
+    private let relocation = Mutex(RelocationHooks())
+    /// Set once the LUN is served by its primary (checked before the lock on every command).
+    private let switched = Atomic<Bool>(false)
+    /// Reads running on the live mount (overlay, cache, backup), so its overlay is closed only after them.
+    private let liveReads = Atomic<Int>(0)
+    /// Guest commands finished and their summed latency, for the pump's governor.
+    private let guestOperations = Atomic<UInt64>(0)
+    private let guestLatency = Atomic<UInt64>(0)
+
+    /// What relocation changes on the write path.
+    private struct RelocationHooks {
+        var tap: (any RelocationTap)?
+        var held = false
+        var heldWriters: [CheckedContinuation<Void, Never>] = []
+        var writesInFlight = 0
+        var drained: [CheckedContinuation<Void, Never>] = []
+        var primary: (any BlockDevice)?
+    }
 
     /// Where a sequential reader was and how far ahead chunks have been staged.
     private struct ReadaheadState {
@@ -42,9 +68,12 @@ public final class LiveMountDevice: BlockDevice {
     /// Serves `manifest` through `cache` (fetching from `source`), with `overlay` for writes (nil: read-only).
     /// The size in blocks rounds up, so a disk whose size is not a whole number of blocks is served whole
     /// (the tail reads as zeros).
+    /// `relocatedTo`: the mount's relocation completed earlier; the LUN is served by this primary alone
+    /// (writable unless `readOnly`).
     public init(
         manifest: DiskManifest, source: any ChunkSource, cache: ChunkCache, overlay: WriteOverlay?,
-        blockSize: Int = 512, readaheadChunks: Int = 8, logger: Logger
+        blockSize: Int = 512, readaheadChunks: Int = 8, logger: Logger, relocatedTo primary: (any BlockDevice)? = nil,
+        readOnly: Bool? = nil
     ) {
         self.manifest = manifest
         self.source = source
@@ -52,15 +81,26 @@ public final class LiveMountDevice: BlockDevice {
         self.overlay = overlay
         self.blockSize = blockSize
         self.blockCount = (manifest.size + UInt64(blockSize) - 1) / UInt64(blockSize)
-        self.isReadOnly = overlay == nil
+        self.isReadOnly = readOnly ?? (overlay == nil)
         self.readaheadChunks = readaheadChunks
         self.logger = logger
         self.activity = MountActivity(blockSize: blockSize, logger: logger)
+        if let primary {
+            relocation.withLock { $0.primary = primary }
+            switched.store(true, ordering: .releasing)
+        }
     }
 
     // MARK: - Reads
 
     public func read(offset: UInt64, length: Int) async throws(BlockDeviceError) -> ByteBuffer {
+        let started = DispatchTime.now().uptimeNanoseconds
+        defer { noteGuest(since: started) }
+        if switched.load(ordering: .acquiring), let primary = relocation.withLock({ $0.primary }) {
+            return try await primary.read(offset: offset, length: length)
+        }
+        liveReads.add(1, ordering: .relaxed)
+        defer { liveReads.subtract(1, ordering: .releasing) }
         guard let ticket = activity.begin(offset: offset, length: length) else {
             return try await readData(offset: offset, length: length)
         }
@@ -94,16 +134,21 @@ public final class LiveMountDevice: BlockDevice {
         return worst
     }
 
-    private func readData(offset: UInt64, length: Int) async throws(BlockDeviceError) -> ByteBuffer {
-        guard let overlay else { return try await readBackup(offset: offset, length: length) }
+    /// `priority` and `admit` as for `ChunkCache.read`: the pump reads at background priority without filling the cache.
+    private func readData(offset: UInt64, length: Int, priority: FetchPriority = .foreground, admit: Bool = true)
+        async throws(BlockDeviceError) -> ByteBuffer
+    {
+        guard let overlay else {
+            return try await readBackup(offset: offset, length: length, priority: priority, admit: admit)
+        }
         let extents = overlay.extents(offset: offset, length: length)
         if extents.count == 1, let only = extents.first {
-            return try await readExtent(only, overlay: overlay)
+            return try await readExtent(only, overlay: overlay, priority: priority, admit: admit)
         }
         var result = ByteBuffer()
         result.reserveCapacity(length)
         for extent in extents {
-            var piece = try await readExtent(extent, overlay: overlay)
+            var piece = try await readExtent(extent, overlay: overlay, priority: priority, admit: admit)
             result.writeBuffer(&piece)
         }
         return result
@@ -113,6 +158,10 @@ public final class LiveMountDevice: BlockDevice {
     /// written, served from zeros (an elided chunk, or what the guest unmapped) or from a cache slot the kernel's
     /// page cache holds. Nil otherwise, or while a recorder or prefetcher listens (they see every read).
     public func readIfReady(offset: UInt64, length: Int) -> ByteBuffer? {
+        if switched.load(ordering: .acquiring) {
+            return relocation.withLock({ $0.primary })?.readIfReady(offset: offset, length: length)
+        }
+        guestOperations.add(1, ordering: .relaxed)
         guard activity.isListening else { return readDataIfReady(offset: offset, length: length)?.0 }
         // Recording or prefetching: reported once the bytes are at hand (a read that is not ready goes on to
         // `readAsync` or `read`, which report it).
@@ -162,6 +211,26 @@ public final class LiveMountDevice: BlockDevice {
         offset: UInt64, length: Int, completion: @escaping @Sendable (Result<ByteBuffer, BlockDeviceError>) -> Void
     ) -> Bool {
         guard length > 0 else { return false }
+        if switched.load(ordering: .acquiring) {
+            return relocation.withLock({ $0.primary })?.readAsync(offset: offset, length: length, completion: completion)
+                ?? false
+        }
+        // Counted as a live read until it completes; the guest's latency is noted then.
+        let started = DispatchTime.now().uptimeNanoseconds
+        liveReads.add(1, ordering: .relaxed)
+        let completion: @Sendable (Result<ByteBuffer, BlockDeviceError>) -> Void = { [self] result in
+            noteGuest(since: started)
+            liveReads.subtract(1, ordering: .releasing)
+            completion(result)
+        }
+        let submitted = readAsyncLive(offset: offset, length: length, completion: completion)
+        if !submitted { liveReads.subtract(1, ordering: .releasing) }
+        return submitted
+    }
+
+    private func readAsyncLive(
+        offset: UInt64, length: Int, completion: @escaping @Sendable (Result<ByteBuffer, BlockDeviceError>) -> Void
+    ) -> Bool {
         guard activity.isListening else { return readDataAsync(offset: offset, length: length, completion: completion) }
         // Recording or prefetching: the read is reported once submitted (a read that cannot be submitted goes on
         // to `read`, which reports it); whichever of the report and the completion comes second ends it.
@@ -266,13 +335,14 @@ public final class LiveMountDevice: BlockDevice {
     }
 
     /// One overlay extent: the guest's data, zeros it unmapped, or the backup beneath.
-    private func readExtent(_ extent: OverlayExtent, overlay: WriteOverlay) async throws(BlockDeviceError)
-        -> ByteBuffer
+    private func readExtent(_ extent: OverlayExtent, overlay: WriteOverlay, priority: FetchPriority, admit: Bool)
+        async throws(BlockDeviceError) -> ByteBuffer
     {
         switch extent.kind {
         case .data: return try await overlay.read(offset: extent.offset, length: extent.length)
         case .zero: return ByteBuffer(repeating: 0, count: extent.length)
-        case .absent: return try await readBackup(offset: extent.offset, length: extent.length)
+        case .absent:
+            return try await readBackup(offset: extent.offset, length: extent.length, priority: priority, admit: admit)
         }
     }
 
@@ -282,14 +352,17 @@ public final class LiveMountDevice: BlockDevice {
     }
 
     /// Bytes of the backup disk: one chunk at a time, the chunks of a multi-chunk read fetched in parallel.
-    private func readBackup(offset: UInt64, length: Int) async throws(BlockDeviceError) -> ByteBuffer {
+    private func readBackup(offset: UInt64, length: Int, priority: FetchPriority = .foreground, admit: Bool = true)
+        async throws(BlockDeviceError) -> ByteBuffer
+    {
         let chunkSize = UInt64(manifest.chunkSize)
         let first = Int(offset / chunkSize)
         let last = Int((offset + UInt64(length) - 1) / chunkSize)
-        noteRead(chunk: first, offset: offset, length: length)
+        // The guest's sequential reads get readahead; the pump stages for itself.
+        if priority == .foreground { noteRead(chunk: first, offset: offset, length: length) }
         if first == last {
             let start = Int(offset - UInt64(first) * chunkSize)
-            return try await readChunk(first, range: start..<(start + length))
+            return try await readChunk(first, range: start..<(start + length), priority: priority, admit: admit)
         }
         let pieces: [Int: ByteBuffer]
         do {
@@ -299,7 +372,9 @@ public final class LiveMountDevice: BlockDevice {
                     let lower = max(offset, chunkStart)
                     let upper = min(offset + UInt64(length), chunkStart + chunkSize)
                     let range = Int(lower - chunkStart)..<Int(upper - chunkStart)
-                    group.addTask { (index, try await self.readChunk(index, range: range)) }
+                    group.addTask {
+                        (index, try await self.readChunk(index, range: range, priority: priority, admit: admit))
+                    }
                 }
                 var collected: [Int: ByteBuffer] = [:]
                 for try await (index, buffer) in group { collected[index] = buffer }
@@ -320,7 +395,9 @@ public final class LiveMountDevice: BlockDevice {
     }
 
     /// `range` of chunk `index`: zeros for an elided zero chunk or past the disk's end, else through the cache.
-    private func readChunk(_ index: Int, range: Range<Int>) async throws(BlockDeviceError) -> ByteBuffer {
+    private func readChunk(_ index: Int, range: Range<Int>, priority: FetchPriority = .foreground, admit: Bool = true)
+        async throws(BlockDeviceError) -> ByteBuffer
+    {
         guard index < manifest.chunkCount, let id = manifest.chunk(at: index) else {
             return ByteBuffer(repeating: 0, count: range.count)
         }
@@ -331,7 +408,7 @@ public final class LiveMountDevice: BlockDevice {
         do {
             data = try await cache.read(
                 id, chunkLength: chunkLength, range: range.lowerBound..<(range.lowerBound + available),
-                source: source)
+                source: source, priority: priority, admit: admit)
         } catch {
             logger.error(
                 "read failed",
@@ -371,22 +448,86 @@ public final class LiveMountDevice: BlockDevice {
     // MARK: - Writes
 
     public func write(offset: UInt64, data: ByteBuffer, fua: Bool) async throws(BlockDeviceError) {
-        guard let overlay else { throw .writeProtected("live mount of \(manifest.name) is read-only") }
-        try await overlay.write(offset: offset, data: data, fua: fua)
+        let started = DispatchTime.now().uptimeNanoseconds
+        defer { noteGuest(since: started) }
+        switch await enterWrite() {
+        case .primary(let primary):
+            try await primary.write(offset: offset, data: data, fua: fua)
+        case .live(let tap):
+            defer { leaveWrite() }
+            guard let overlay else { throw .writeProtected("live mount of \(manifest.name) is read-only") }
+            try await overlay.write(offset: offset, data: data, fua: fua)
+            tap?.guestWrote(offset..<offset + UInt64(data.readableBytes))
+        }
     }
 
     public func flush() async throws(BlockDeviceError) {
+        if switched.load(ordering: .acquiring), let primary = relocation.withLock({ $0.primary }) {
+            return try await primary.flush()
+        }
         try await overlay?.flush()
     }
 
     public func unmap(offset: UInt64, length: Int) async throws(BlockDeviceError) {
-        guard let overlay else { throw .writeProtected("live mount of \(manifest.name) is read-only") }
-        try await overlay.unmap(offset: offset, length: length)
+        switch await enterWrite() {
+        case .primary(let primary):
+            try await primary.unmap(offset: offset, length: length)
+        case .live(let tap):
+            defer { leaveWrite() }
+            guard let overlay else { throw .writeProtected("live mount of \(manifest.name) is read-only") }
+            try await overlay.unmap(offset: offset, length: length)
+            tap?.guestWrote(offset..<offset + UInt64(length))
+        }
+    }
+
+    /// Where a write goes: the live mount (telling the relocation tap, if any), or the primary after switchover.
+    private enum WritePath {
+        case live(tap: (any RelocationTap)?)
+        case primary(any BlockDevice)
+    }
+
+    /// Waits while writes are held for a switchover, then counts the write in flight on the live mount.
+    private func enterWrite() async -> WritePath {
+        while true {
+            let path = relocation.withLock { hooks -> WritePath? in
+                if let primary = hooks.primary { return .primary(primary) }
+                guard !hooks.held else { return nil }
+                hooks.writesInFlight += 1
+                return .live(tap: hooks.tap)
+            }
+            if let path { return path }
+            await withCheckedContinuation { continuation in
+                let wait = relocation.withLock { hooks -> Bool in
+                    guard hooks.held, hooks.primary == nil else { return false }
+                    hooks.heldWriters.append(continuation)
+                    return true
+                }
+                if !wait { continuation.resume() }
+            }
+        }
+    }
+
+    private func leaveWrite() {
+        let drained = relocation.withLock { hooks -> [CheckedContinuation<Void, Never>] in
+            hooks.writesInFlight -= 1
+            guard hooks.writesInFlight == 0 else { return [] }
+            defer { hooks.drained = [] }
+            return hooks.drained
+        }
+        for waiter in drained { waiter.resume() }
+    }
+
+    private func noteGuest(since started: UInt64) {
+        guestOperations.add(1, ordering: .relaxed)
+        guestLatency.add(DispatchTime.now().uptimeNanoseconds &- started, ordering: .relaxed)
     }
 
     /// Deallocated: what the guest unmapped, and the backup's zero chunks it has not written over
     /// (SBC-4 §5.8, GET LBA STATUS).
     public func allocationStatus(offset: UInt64, length: Int) async throws(BlockDeviceError) -> [AllocationExtent] {
+        if switched.load(ordering: .acquiring), let primary = relocation.withLock({ $0.primary }) {
+            return try await primary.allocationStatus(offset: offset, length: length)
+        }
         let extents =
             overlay?.extents(offset: offset, length: length)
             ?? [OverlayExtent(offset: offset, length: length, kind: .absent)]
@@ -425,8 +566,16 @@ public final class LiveMountDevice: BlockDevice {
         activity.sessionStarted()
     }
 
-    /// Makes the guest's writes durable (a clean shutdown loses nothing), then closes the overlay.
+    /// Makes the guest's writes durable (a clean shutdown loses nothing), then closes the overlay (or, once
+    /// relocated, the primary).
     public func close() async {
+        if let primary = relocation.withLock({ $0.primary }) {
+            await activity.close()
+            try? await primary.flush()
+            await primary.close()
+            await overlay?.close()
+            return
+        }
         await activity.close()
         do {
             try await overlay?.flush()
@@ -434,5 +583,127 @@ public final class LiveMountDevice: BlockDevice {
             logger.error("flushing the overlay at close failed", metadata: ["error": "\(error)"])
         }
         await overlay?.close()
+    }
+}
+
+// MARK: - Relocation (issue 5)
+
+extension LiveMountDevice: RelocationSource {
+    public var sizeInBytes: UInt64 { capacity }
+
+    /// Whether the LUN is served by its primary now.
+    public var isRelocated: Bool { switched.load(ordering: .acquiring) }
+
+    public func isKnownZero(offset: UInt64, length: Int) -> Bool {
+        let extents =
+            overlay?.extents(offset: offset, length: length)
+            ?? [OverlayExtent(offset: offset, length: length, kind: .absent)]
+        let chunkSize = UInt64(manifest.chunkSize)
+        for extent in extents {
+            switch extent.kind {
+            case .data: return false
+            case .zero: continue
+            case .absent:
+                guard extent.length > 0 else { continue }
+                let first = Int(extent.offset / chunkSize)
+                let last = Int((extent.offset + UInt64(extent.length) - 1) / chunkSize)
+                for index in first...last where index < manifest.chunkCount && manifest.chunk(at: index) != nil {
+                    return false
+                }
+            }
+        }
+        return true
+    }
+
+    public func readForRelocation(offset: UInt64, length: Int) async throws(BlockDeviceError) -> ByteBuffer {
+        try await readData(offset: offset, length: length, priority: .background, admit: false)
+    }
+
+    public func stageForRelocation(offset: UInt64, length: Int) {
+        guard length > 0 else { return }
+        let chunkSize = UInt64(manifest.chunkSize)
+        let first = Int(offset / chunkSize)
+        let last = min(manifest.chunkCount - 1, Int((offset + UInt64(length) - 1) / chunkSize))
+        guard first <= last else { return }
+        for index in first...last {
+            // Chunks the guest overwrote whole need no fetch.
+            let start = UInt64(index) * chunkSize
+            let chunkLength = manifest.length(ofChunk: index)
+            if let overlay, overlay.extents(offset: start, length: chunkLength).allSatisfy({ $0.kind != .absent }) {
+                continue
+            }
+            guard let id = manifest.chunk(at: index), !cache.contains(id) else { continue }
+            let cache = self.cache
+            let source = self.source
+            Task { _ = try? await cache.stage(id, chunkLength: chunkLength, source: source, priority: .background) }
+        }
+    }
+
+    public var guestLoad: GuestLoadSample {
+        GuestLoadSample(
+            operations: guestOperations.load(ordering: .relaxed),
+            latencyNanoseconds: guestLatency.load(ordering: .relaxed))
+    }
+
+    public func setRelocationTap(_ tap: (any RelocationTap)?) {
+        relocation.withLock { $0.tap = tap }
+        if let tap {
+            overlay?.setCommitObserver { [weak tap] ranges in tap?.willCommit(ranges) ?? true }
+        } else {
+            overlay?.setCommitObserver(nil)
+        }
+    }
+
+    public func uncommittedRanges() -> [Range<UInt64>] {
+        overlay?.uncommittedRanges() ?? []
+    }
+
+    public func holdWrites() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let idle = relocation.withLock { hooks -> Bool in
+                hooks.held = true
+                guard hooks.writesInFlight > 0 else { return true }
+                hooks.drained.append(continuation)
+                return false
+            }
+            if idle { continuation.resume() }
+        }
+    }
+
+    public func releaseWrites() {
+        let waiters = relocation.withLock { hooks -> [CheckedContinuation<Void, Never>] in
+            hooks.held = false
+            defer { hooks.heldWriters = [] }
+            return hooks.heldWriters
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    public func switchOver(to primary: any BlockDevice) async {
+        let waiters = relocation.withLock { hooks -> [CheckedContinuation<Void, Never>] in
+            hooks.primary = primary
+            hooks.held = false
+            hooks.tap = nil
+            defer { hooks.heldWriters = [] }
+            return hooks.heldWriters
+        }
+        switched.store(true, ordering: .releasing)
+        for waiter in waiters { waiter.resume() }
+        overlay?.setCommitObserver(nil)
+        await activity.close()
+        // Reads that started on the live mount finish there; then its overlay and cache slots go.
+        var waited = 0
+        while liveReads.load(ordering: .acquiring) > 0 && waited < 3000 {
+            try? await Task.sleep(for: .milliseconds(10))
+            waited += 1
+        }
+        if let overlay {
+            await overlay.destroy()
+        }
+        let ids = (0..<manifest.chunkCount).compactMap { manifest.chunk(at: $0) }
+        let released = cache.release(ids)
+        logger.info(
+            "switched over to the primary LUN",
+            metadata: ["disk": "\(manifest.name)", "cacheSlotsReleased": "\(released)"])
     }
 }

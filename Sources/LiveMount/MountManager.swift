@@ -4,6 +4,7 @@ import Foundation
 import GuestFS
 import Logging
 import Prefetch
+import Relocation
 import Repository
 import SQLiteStore
 import Synchronization
@@ -84,6 +85,8 @@ public final class MountManager: Sendable {
     private let overlayDirect: Bool
     /// Boot traces and prefetch plans (nil: no recording, no prefetch).
     public let traces: TraceStore?
+    /// Relocation checkpoints (`relocations.sqlite` beside `mounts.sqlite`).
+    public let relocations: RelocationStore
     private let prefetchSettings: PrefetchSettings
 
     static let migrations = [
@@ -133,6 +136,7 @@ public final class MountManager: Sendable {
             database = try SQLiteDatabase(
                 path: directory + "/mounts.sqlite", options: .init(journalMode: .wal, synchronous: .full))
             _ = try database.migrate(Self.migrations)
+            relocations = try RelocationStore(path: directory + "/relocations.sqlite")
         } catch {
             throw MountError(.failed, "cannot open the mount registry in \(directory): \(error)")
         }
@@ -263,6 +267,13 @@ public final class MountManager: Sendable {
         let manifest: DiskManifest
         do {
             manifest = try known ?? repository.manifest(backupID: record.backupID, disk: record.disk)
+        } catch {
+            throw MountError(.notFound, "\(error)")
+        }
+        if let relocated = try await openRelocated(record, manifest: manifest, blockSize: blockSize) {
+            return relocated
+        }
+        do {
             try repository.addHold(backupID: record.backupID, holder: holder(record.id))
         } catch {
             throw MountError(.notFound, "\(error)")
@@ -287,6 +298,43 @@ public final class MountManager: Sendable {
             manifest: manifest, source: source, cache: cache, overlay: overlay, blockSize: blockSize, logger: logger)
         await attachPrefetchAndRecording(device, record)
         return device
+    }
+
+    /// A mount whose relocation completed is served by its primary LUN alone (no overlay, no backup hold).
+    private func openRelocated(_ record: MountRecord, manifest: DiskManifest, blockSize: Int) async throws(MountError)
+        -> LiveMountDevice?
+    {
+        let relocation: RelocationRecord?
+        do {
+            relocation = try relocations.record(mountID: record.id)
+        } catch {
+            throw MountError(.failed, error.description)
+        }
+        guard let relocation, relocation.phase == .completed else { return nil }
+        let primary: RelocationDestination
+        do {
+            primary = try await RelocationDestination.open(
+                try DestinationURL.parse(relocation.destination), requiredBytes: relocation.totalBytes,
+                blockSize: blockSize, create: false, logger: logger)
+        } catch {
+            throw MountError(.failed, "cannot open the primary LUN of relocated mount \(record.id): \(error)")
+        }
+        logger.info(
+            "serving a relocated mount from its primary LUN",
+            metadata: ["mount": "\(record.id)", "primary": "\(primary.url.redacted)"])
+        return LiveMountDevice(
+            manifest: manifest, source: source, cache: cache, overlay: nil, blockSize: blockSize, logger: logger,
+            relocatedTo: primary.device, readOnly: record.readOnly)
+    }
+
+    /// After a switchover: the overlay's files go (the device already closed them) and the backup is let go.
+    public func relocationCompleted(_ record: MountRecord) {
+        removeOverlayFiles(record.id)
+        do {
+            try repository.removeHold(backupID: record.backupID, holder: holder(record.id))
+        } catch {
+            logger.warning("cannot release the backup hold", metadata: ["error": "\(error)"])
+        }
     }
 
     /// Boot recording and the profile's plan (issue 4): the first seconds of the plan are staged here, before
@@ -356,6 +404,17 @@ public final class MountManager: Sendable {
     public func unmount(target: String, lun: UInt64, keepOverlay: Bool) async throws(MountError) -> MountRecord {
         guard let record = try record(target: target, lun: lun) else {
             throw MountError(.notFound, "no live mount on LUN \(lun) of target \(target)")
+        }
+        let relocated = (try? relocations.record(mountID: record.id))??.phase == .completed
+        try? relocations.delete(mountID: record.id)
+        if relocated {
+            // Its data lives on the primary LUN; the backup was let go at the switchover.
+            do {
+                _ = try database.run("DELETE FROM mounts WHERE id = ?", [record.id])
+            } catch {
+                throw MountError(.failed, "cannot update the mount registry: \(error)")
+            }
+            return record
         }
         if keepOverlay && !record.readOnly {
             try setState(record.id, .kept)

@@ -1,6 +1,7 @@
 import BlockDevice
 import Logging
 import Prefetch
+import Relocation
 import SCSI
 import TargetServer
 
@@ -36,6 +37,7 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public var controlSocket: String?
     /// How live mounts pre-stage and prefetch (`[prefetch]`).
     public var prefetch = PrefetchSettings()
+    public var relocation = RelocationSettings()
 
     /// Where the control API listens: the configured socket, else `STATE_DIR/control.sock`, else nowhere.
     public var effectiveControlSocket: String? {
@@ -111,6 +113,7 @@ public struct LogicalUnitDefinition: Sendable, Equatable {
     public var writeCacheEnabled: Bool
     /// A live mount's profile, prefetch and boot recording (`profile`, `prefetch`, `record_boot`).
     public var mountOptions = MountOptions()
+    public var relocateTo: String?
 
     public init(
         lun: UInt64, path: String, readOnly: Bool = false, direct: Bool = true, blockSize: Int = 512,

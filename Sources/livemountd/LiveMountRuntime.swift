@@ -6,6 +6,7 @@ import LiveMount
 import LiveMountConfig
 import Logging
 import Prefetch
+import Relocation
 import Repository
 import SCSI
 import TargetServer
@@ -18,12 +19,18 @@ final class LiveMountRuntime: Sendable {
     let mounts: MountManager
     /// Boot traces and prefetch plans (`traces.sqlite` beside the mount registry's directory).
     let traces: TraceStore
+    /// Relocation pumps.
+    let relocations: RelocationService
 
-    private init(repository: BackupRepository, cache: ChunkCache, mounts: MountManager, traces: TraceStore) {
+    private init(
+        repository: BackupRepository, cache: ChunkCache, mounts: MountManager, traces: TraceStore,
+        relocations: RelocationService
+    ) {
         self.repository = repository
         self.cache = cache
         self.mounts = mounts
         self.traces = traces
+        self.relocations = relocations
     }
 
     /// Opens the repository (throttled as configured), the cache file and the registry. Overlays and
@@ -55,7 +62,36 @@ final class LiveMountRuntime: Sendable {
         let mounts = try MountManager(
             repository: repository, source: source, cache: cache, directory: directory,
             overlayDirect: cacheSettings.direct, traces: traces, prefetch: configuration.prefetch, logger: logger)
-        return LiveMountRuntime(repository: repository, cache: cache, mounts: mounts, traces: traces)
+        let relocations = RelocationService(mounts: mounts, settings: configuration.relocation, logger: logger)
+        return LiveMountRuntime(
+            repository: repository, cache: cache, mounts: mounts, traces: traces, relocations: relocations)
+    }
+
+    /// Resumes the relocations of every served live mount from their checkpoints, and starts those the
+    /// configuration asks for (`relocate_to`) that have none yet. Called once the LUNs are in place.
+    func startRelocations(server: ISCSITargetServer, configuration: DaemonConfiguration, logger: Logger) async {
+        let wanted = Dictionary(
+            configuration.targets.flatMap { target in
+                target.logicalUnits.compactMap { unit in unit.relocateTo.map { ("\(target.name)/\(unit.lun)", $0) } }
+            }, uniquingKeysWith: { first, _ in first })
+        for name in server.targetNames {
+            guard let scsi = server.scsiTarget(named: name) else { continue }
+            for lun in scsi.luns {
+                guard let device = scsi.device(lun: lun) as? LiveMountDevice,
+                    let record = try? mounts.record(target: name, lun: lun)
+                else { continue }
+                await relocations.resume(record: record, device: device)
+                guard let url = wanted["\(name)/\(lun)"], (try? relocations.status(mountID: record.id)) == nil
+                else { continue }
+                do {
+                    _ = try await relocations.start(record: record, device: device, to: url)
+                } catch {
+                    logger.error(
+                        "cannot start the configured relocation",
+                        metadata: ["target": "\(name)", "lun": "\(lun)", "error": "\(error)"])
+                }
+            }
+        }
     }
 
     /// Opens a configured LUN: a live mount for `backup =` LUNs, the image or device otherwise.
@@ -101,6 +137,19 @@ struct ControlRoutes: Sendable {
                 return .json(
                     try await record(
                         target: path[2], lun: try Self.lun(path[3]), try request.decode(TraceRecordRequest.self)))
+            case ("GET", 2) where path == ["v1", "relocations"]:
+                do {
+                    return .json(try requireRuntime().relocations.all())
+                } catch let error as RelocationServiceError {
+                    throw Self.controlError(error)
+                } catch let error as ControlError {
+                    throw error
+                } catch {
+                    throw ControlError(status: 500, "\(error)")
+                }
+            case (_, 5) where path[0] == "v1" && path[1] == "mounts" && path[4] == "relocation",
+                (_, 6) where path[0] == "v1" && path[1] == "mounts" && path[4] == "relocation":
+                return try await relocation(request, target: path[2], lun: try Self.lun(path[3]), action: path.count == 6 ? path[5] : nil)
             case ("DELETE", 4) where path[0] == "v1" && path[1] == "mounts":
                 guard let lun = UInt64(path[3]) else { throw ControlError(status: 400, "\"\(path[3])\" is not a LUN") }
                 let overlay = request.query["overlay"] ?? "keep"
@@ -174,6 +223,45 @@ struct ControlRoutes: Sendable {
         }
     }
 
+    /// The relocation calls on one mount.
+    private func relocation(_ request: ControlRequest, target: String, lun: UInt64, action: String?)
+        async throws(ControlError) -> ControlResponse
+    {
+        let runtime = try requireRuntime()
+        let (record, device) = try mounted(target: target, lun: lun)
+        let service = runtime.relocations
+        let body = request.method == "POST" && action == nil ? try request.decode(RelocationRequest.self) : nil
+        do throws(RelocationServiceError) {
+            switch (request.method, action) {
+            case ("POST", nil):
+                guard let body else { break }
+                return .json(
+                    try await service.start(record: record, device: device, to: body.to, maxRateMiB: body.maxRateMiB),
+                    status: 201)
+            case ("GET", nil): return .json(try service.status(mountID: record.id))
+            case ("DELETE", nil): return .json(try await service.cancel(mountID: record.id))
+            case ("POST", "pause"): return .json(try await service.pause(mountID: record.id))
+            case ("POST", "resume"): return .json(try service.resume(mountID: record.id))
+            default: break
+            }
+        } catch {
+            throw Self.controlError(error)
+        }
+        throw ControlError(
+            status: 404, "no such call: \(request.method) /\(request.pathSegments.joined(separator: "/"))")
+    }
+
+    private static func controlError(_ error: RelocationServiceError) -> ControlError {
+        let status =
+            switch error.code {
+            case .notFound: 404
+            case .conflict: 409
+            case .invalid: 400
+            case .failed: 500
+            }
+        return ControlError(status: status, error.description)
+    }
+
     private func requireRuntime() throws(ControlError) -> LiveMountRuntime {
         guard let runtime else {
             throw ControlError(
@@ -219,6 +307,13 @@ struct ControlRoutes: Sendable {
                 status: 400, "recordBootSeconds: \(seconds) out of range (0-\(MountOptions.maximumRecordSeconds))")
         }
         if request.profile?.isEmpty == true { throw ControlError(status: 400, "profile: must not be empty") }
+        if let url = request.relocateTo {
+            do {
+                _ = try DestinationURL.parse(url)
+            } catch {
+                throw ControlError(status: 400, "relocateTo: \(error)")
+            }
+        }
         let options = MountOptions(
             profile: request.profile, prefetch: request.prefetch ?? true,
             recordBootSeconds: request.recordBootSeconds ?? 0)
@@ -260,6 +355,17 @@ struct ControlRoutes: Sendable {
         }
         logger.info(
             "mounted", metadata: ["target": "\(request.target)", "lun": "\(lun)", "backup": "\(record.vm)@\(record.backupID)/\(record.disk)"])
+        if let url = request.relocateTo {
+            do {
+                _ = try await runtime.relocations.start(record: record, device: device, to: url)
+            } catch {
+                // The mount and its relocation go together: undo the mount.
+                scsi.removeLogicalUnit(lun: lun)
+                await device.close()
+                _ = try? await runtime.mounts.unmount(target: request.target, lun: lun, keepOverlay: false)
+                throw Self.controlError(error)
+            }
+        }
         return MountInfo(record)
     }
 
@@ -271,7 +377,8 @@ struct ControlRoutes: Sendable {
         } catch {
             throw ControlError(status: 500, error.description)
         }
-        guard existing != nil else { throw ControlError(status: 404, "no live mount on LUN \(lun) of target \(target)") }
+        guard let existing else { throw ControlError(status: 404, "no live mount on LUN \(lun) of target \(target)") }
+        await runtime.relocations.forget(mountID: existing.id)
         if let scsi = server.scsiTarget(named: target), let device = scsi.device(lun: lun) {
             scsi.removeLogicalUnit(lun: lun)
             try? await device.flush()

@@ -281,6 +281,7 @@ struct Livemountd: AsyncParsableCommand {
                 }
             }
         }
+        await runtime?.startRelocations(server: server, configuration: configuration, logger: logger)
         var control: ControlServer?
         if let socket = configuration.effectiveControlSocket {
             let routes = ControlRoutes(server: server, runtime: runtime, logger: logger)
@@ -308,6 +309,7 @@ struct Livemountd: AsyncParsableCommand {
             return 2
         }
         await control?.shutdown()
+        await runtime?.relocations.shutdown()
         await server.shutdown()
         await runtime?.cache.close()
         logger.info("shut down")
