@@ -57,7 +57,7 @@ struct RelocationDaemonTests {
         let writing = Task { try await onThread { writer.run(initial: disk) } }
 
         try await writer.waitForOperations(20)
-        let started = try await bench.control.startRelocation(to: destination)
+        let started = try await bench.control.startRelocation(to: destination, maxRateMiB: bench.maxRateMiB)
         #expect(started.phase == .copying || started.phase == .verifying)
 
         // Kills 1-4 at random moments while copying; kill 5 as soon as the pump verifies or switches (or, if the
@@ -114,6 +114,8 @@ struct Bench {
     let configPath: String
     let logPath: String
     let control: RelocationControl
+    /// The pump's ceiling: `[relocation] max_rate_mib` and `busy_rate_mib`, and `maxRateMiB` of API requests.
+    let maxRateMiB: Int
 
     var socketPath: String { fixture.scratch.path + "/daemon-state/control.sock" }
 
@@ -159,7 +161,8 @@ struct Bench {
         let socket = root + "/daemon-state/control.sock"
         return Bench(
             fixture: fixture, configPath: configPath, logPath: logPath,
-            control: RelocationControl(socketPath: socket, target: RelocationDaemonTests.target, lun: 0))
+            control: RelocationControl(socketPath: socket, target: RelocationDaemonTests.target, lun: 0),
+            maxRateMiB: maxRateMiB)
     }
 
     /// Starts livemountd on this bench's configuration (a new port each time).
@@ -192,7 +195,7 @@ struct Bench {
             let started = try runLivemount(["relocate", lunName, "--to", destination, "--socket", socketPath])
             #expect(started.status == 0, "livemount relocate: \(started.output)")
         } else {
-            _ = try await control.startRelocation(to: destination)
+            _ = try await control.startRelocation(to: destination, maxRateMiB: maxRateMiB)
         }
         let starting = try await control.status()
         #expect(starting?.bytesTotal == UInt64(RelocationDaemonTests.diskBytes))
@@ -493,7 +496,9 @@ final class GuestWriter: @unchecked Sendable {
             if pending == nil {
                 if lock.withLock({ stopRequested }) { break }
                 pending = nextOperation(canUnmap: canUnmap)
-                usleep(UInt32.random(in: 0...2_000, using: &random))
+                // Bursts of commands with short gaps, and now and then an idle moment, as a guest does.
+                let idle = Int.random(in: 0..<25, using: &random) == 0
+                usleep(idle ? UInt32.random(in: 50_000...200_000, using: &random) : UInt32.random(in: 0...2_000, using: &random))
             } else if lock.withLock({ stopRequested }) && failures > 600 {
                 result.unresolved = "gave up on \(pending?.description ?? "") after \(failures) failures"
                 break
