@@ -139,7 +139,7 @@ struct Bench {
             [cache]
             path = "\(root)/daemon-cache.img"
             size = "64M"
-            direct = \(supportsDirectIO(directory: root))
+            direct = true
 
             [relocation]
             max_rate_mib = \(maxRateMiB)
@@ -271,23 +271,13 @@ func relocationDisk(mebibytes: Int) -> [UInt8] {
     return disk
 }
 
-/// Whether files in `directory` can be opened with O_DIRECT (tmpfs cannot).
-func supportsDirectIO(directory: String) -> Bool {
-    let path = directory + "/.direct-probe"
-    let fd = open(path, O_RDWR | O_CREAT | O_DIRECT, 0o600)
-    defer { unlink(path) }
-    guard fd >= 0 else { return false }
-    close(fd)
-    return true
-}
-
 /// The offset of the first byte where `a` and `b` differ (the shorter length if one is a prefix); nil if equal.
 /// Used instead of `==` in expectations so a failure prints an offset, not 64 MiB of bytes.
 func firstDifference(_ a: [UInt8], _ b: [UInt8]) -> Int? {
     let common = min(a.count, b.count)
     let found = a.withUnsafeBufferPointer { left in
         b.withUnsafeBufferPointer { right -> Int? in
-            if memcmp(left.baseAddress, right.baseAddress, common) == 0 { return nil }
+            if let l = left.baseAddress, let r = right.baseAddress, memcmp(l, r, common) == 0 { return nil }
             return (0..<common).first { left[$0] != right[$0] }
         }
     }
