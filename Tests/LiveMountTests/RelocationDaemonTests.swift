@@ -380,19 +380,21 @@ struct RelocationControl: Sendable {
 
     /// Polls the status (every 20 ms) until its phase is one of `phases`, and returns that phase. Stops early on
     /// `failed` (returned, so the caller's expectation shows it) and on a daemon that died. The poll count is a
-    /// guard against a hang (about 3 minutes), not a timing assertion.
+    /// guard against a hang (about 2 minutes), not a timing assertion.
     func waitForPhase(
         in phases: Set<RelocationPhase>, daemon: ManagedDaemon, observe: (RelocationPhase) -> Void = { _ in }
     ) async throws -> RelocationPhase {
-        for _ in 0..<9_000 {
+        var last: RelocationStatus?
+        for _ in 0..<6_000 {
             guard daemon.process.isRunning else { throw DaemonFailure("livemountd exited") }
-            if let phase = try await status()?.phase {
+            last = try await status()
+            if let phase = last?.phase {
                 observe(phase)
                 if phases.contains(phase) || phase == .failed { return phase }
             }
             try await Task.sleep(for: .milliseconds(20))
         }
-        throw DaemonFailure("the relocation never reached \(phases)")
+        throw DaemonFailure("the relocation never reached \(phases); last status: \(String(describing: last))")
     }
 }
 
