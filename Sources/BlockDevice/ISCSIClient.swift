@@ -51,6 +51,18 @@ public final class ISCSIClient: @unchecked Sendable {
         public var unmappedReadsZero: Bool
     }
 
+    /// The parts of the Block Limits VPD page (SBC-4 §6.6.3) that size requests; 0 means "not reported".
+    public struct BlockLimits: Sendable, Equatable {
+        /// WSNZ: a WRITE SAME with NUMBER OF LOGICAL BLOCKS 0 (the whole rest of the medium) is refused.
+        public var writeSameNonZero: Bool
+        /// MAXIMUM TRANSFER LENGTH, in blocks.
+        public var maximumTransferLength: UInt32
+        /// MAXIMUM UNMAP LBA COUNT, in blocks.
+        public var maximumUnmapLBACount: UInt32
+        /// MAXIMUM WRITE SAME LENGTH, in blocks.
+        public var maximumWriteSameLength: UInt64
+    }
+
     /// The outcome of a command sent with `execute`.
     public struct CommandResult: Sendable, Equatable {
         /// SCSI status byte (SAM-5 §5.3): 0x00 GOOD, 0x02 CHECK CONDITION, ...
@@ -273,6 +285,52 @@ public final class ISCSIClient: @unchecked Sendable {
         let context = try connected()
         var list = unmap_list(lba: lba, num: blocks)
         _ = try complete(iscsi_unmap_sync(context, lun, 0, 0, &list, 1), "UNMAP")
+    }
+
+    /// WRITE SAME (16) (SBC-4 §5.50): every one of `blocks` blocks from `lba` becomes `block` (one logical
+    /// block of data-out). With `unmap` the UNMAP bit asks the target to deallocate the blocks instead where
+    /// they would then read back as `block` (zeros on an LBPRZ LUN); either way they read back as `block`.
+    ///
+    /// `blocks` must not be 0: NUMBER OF LOGICAL BLOCKS 0 means "to the end of the medium".
+    /// - Throws: `.scsiStatus` with the sense bytes when the target refuses it (ILLEGAL REQUEST, INVALID
+    ///   COMMAND OPERATION CODE or INVALID FIELD IN CDB from a target without WRITE SAME or its UNMAP bit).
+    public func writeSame16(lba: UInt64, blocks: UInt32, block: [UInt8], unmap: Bool) throws(ISCSIClientError) {
+        let size = try knownBlockSize()
+        guard blocks > 0 else { throw ISCSIClientError(.invalidArgument, "WRITE SAME (16) of 0 blocks") }
+        guard block.count == size else {
+            throw ISCSIClientError(
+                .invalidArgument, "WRITE SAME (16) data is \(block.count) bytes, not one \(size)-byte block")
+        }
+        var cdb = [UInt8](repeating: 0, count: 16)
+        cdb[0] = 0x93
+        cdb[1] = unmap ? 0x08 : 0x00  // byte 1 bit 3: UNMAP
+        for index in 0..<8 { cdb[2 + index] = UInt8(truncatingIfNeeded: lba >> (56 - 8 * UInt64(index))) }
+        for index in 0..<4 { cdb[10 + index] = UInt8(truncatingIfNeeded: blocks >> (24 - 8 * UInt32(index))) }
+        let result = try execute(cdb: cdb, dataOut: block, dataInLength: 0)
+        try Self.requireGood(result, "WRITE SAME (16)")
+    }
+
+    /// The Block Limits VPD page (SBC-4 §6.6.3); all zeros when the target does not have it.
+    public func blockLimits() throws(ISCSIClientError) -> BlockLimits {
+        let none = BlockLimits(
+            writeSameNonZero: false, maximumTransferLength: 0, maximumUnmapLBACount: 0, maximumWriteSameLength: 0)
+        let page: [UInt8]
+        do throws(ISCSIClientError) {
+            page = try inquiry(evpd: true, page: 0xB0, allocLen: 64)
+        } catch where error.code == .scsiStatus {
+            return none
+        }
+        guard page.count >= 20, page[1] == 0xB0 else { return none }
+        func field(_ range: Range<Int>) -> UInt64 {
+            guard range.upperBound <= page.count else { return 0 }
+            return page[range].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        }
+        return BlockLimits(
+            writeSameNonZero: page[4] & 0x01 != 0,
+            maximumTransferLength: UInt32(truncatingIfNeeded: field(8..<12)),
+            maximumUnmapLBACount: UInt32(truncatingIfNeeded: field(20..<24)),
+            maximumWriteSameLength: field(36..<44)
+        )
     }
 
     /// Sends any CDB and returns status, sense and data-in without judging them.

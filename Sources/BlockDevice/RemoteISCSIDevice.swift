@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import Synchronization
 
 /// A LUN on a remote iSCSI target, reached through a pool of `ISCSIClient`
 /// sessions, as a `BlockDevice` (the relocation destination for a SAN LUN).
@@ -19,6 +20,19 @@ public final class RemoteISCSIDevice: BlockDevice {
     public let url: String
     /// The largest data transfer per command.
     public let maximumTransferBytes: Int
+    /// LBPRZ from READ CAPACITY (16): unmapped blocks read as zeros.
+    public let unmappedReadsZero: Bool
+    /// MAXIMUM WRITE SAME LENGTH from the Block Limits VPD page (SBC-4 §6.6.3), in blocks; 0 when not reported.
+    public let maximumWriteSameBlocks: UInt64
+    /// Whether WRITE SAME (16) has not been refused so far (`writeZeros` then falls back to writing zeros).
+    public var writeSameSupported: Bool { writeSame.withLock { $0.refused == false } }
+
+    /// What the target said about WRITE SAME (16): refused outright, or only with the UNMAP bit.
+    private struct WriteSameState {
+        var refused = false
+        var unmapRefused = false
+    }
+    private let writeSame = Mutex(WriteSameState())
 
     private let jobs: JobQueue
 
@@ -58,7 +72,9 @@ public final class RemoteISCSIDevice: BlockDevice {
                             modeSense.status == 0 && modeSense.dataIn.count > 2
                             && modeSense.dataIn[2] & 0x80 != 0
                         for client in clients.dropFirst() { _ = try client.readCapacity16() }
-                        return Login(clients: clients, capacity: capacity, writeProtected: writeProtected)
+                        let limits = try clients[0].blockLimits()
+                        return Login(
+                            clients: clients, capacity: capacity, writeProtected: writeProtected, limits: limits)
                     })
             }
             thread.name = "iscsi login"
@@ -79,6 +95,8 @@ public final class RemoteISCSIDevice: BlockDevice {
         self.blockCount = login.capacity.blockCount
         self.supportsUnmap = login.capacity.provisioningEnabled
         self.isReadOnly = login.writeProtected
+        self.unmappedReadsZero = login.capacity.unmappedReadsZero
+        self.maximumWriteSameBlocks = login.limits.maximumWriteSameLength
         self.maximumTransferBytes = max(
             login.capacity.blockSize, maximumTransferBytes / login.capacity.blockSize * login.capacity.blockSize)
         self.jobs = JobQueue(clients: login.clients, name: "iscsi \(url)")
@@ -162,6 +180,72 @@ public final class RemoteISCSIDevice: BlockDevice {
             return .success(())
         }
         try result.get()
+    }
+
+    /// Makes `[offset, offset + length)` read as zeros with WRITE SAME (16) of one zero block (SBC-4 §5.50),
+    /// so no data crosses the wire; with `unmap` the UNMAP bit lets the target deallocate the blocks instead.
+    ///
+    /// Each command covers at most MAXIMUM WRITE SAME LENGTH blocks (65536 when the target does not say) and
+    /// at most 256 MiB, so a target that writes the blocks answers well within the command timeout. When the
+    /// target answers ILLEGAL REQUEST (INVALID COMMAND OPERATION CODE, or INVALID FIELD IN CDB), the device
+    /// remembers it: a refused UNMAP bit is dropped, a refused WRITE SAME falls back to WRITE (16) of zeros
+    /// in pieces of at most `maximumTransferBytes`, for this call and every later one.
+    public func writeZeros(offset: UInt64, length: UInt64, unmap: Bool) async throws(BlockDeviceError) {
+        guard !isReadOnly else { throw .writeProtected("\(url) is write-protected") }
+        guard length <= UInt64(Int.max) else { throw .outOfRange("zeroing \(length) bytes at \(offset) of \(url)") }
+        let (lba, blocks) = try blocksFor(offset: offset, length: Int(length))
+        guard blocks > 0 else { return }
+        let size = blockSize
+        let perCommand = Self.writeSameBlocks(reported: maximumWriteSameBlocks, blockSize: size)
+        let transferStep = maximumTransferBytes / size
+        let result = await run { [self] client -> Result<Void, BlockDeviceError> in
+            let zeroBlock = [UInt8](repeating: 0, count: size)
+            var done = 0
+            while done < blocks {
+                let (refused, unmapRefused) = writeSame.withLock { ($0.refused, $0.unmapRefused) }
+                let start = lba + UInt64(done)
+                if refused {
+                    let count = min(transferStep, blocks - done)
+                    do throws(ISCSIClientError) {
+                        try client.write(lba: start, data: [UInt8](repeating: 0, count: count * size))
+                    } catch {
+                        return .failure(Self.map(error, writing: true))
+                    }
+                    done += count
+                    continue
+                }
+                let count = min(perCommand, blocks - done)
+                let useUnmap = unmap && !unmapRefused
+                do throws(ISCSIClientError) {
+                    try client.writeSame16(lba: start, blocks: UInt32(count), block: zeroBlock, unmap: useUnmap)
+                } catch {
+                    guard Self.isUnsupported(error) else { return .failure(Self.map(error, writing: true)) }
+                    // Retry the same blocks without the UNMAP bit, or with plain writes.
+                    writeSame.withLock { state in
+                        if useUnmap { state.unmapRefused = true } else { state.refused = true }
+                    }
+                    continue
+                }
+                done += count
+            }
+            return .success(())
+        }
+        try result.get()
+    }
+
+    /// Blocks per WRITE SAME command: the target's MAXIMUM WRITE SAME LENGTH (65536 if it reports none),
+    /// capped at 256 MiB of blocks and at the 32-bit NUMBER OF LOGICAL BLOCKS field.
+    static func writeSameBlocks(reported: UInt64, blockSize: Int) -> Int {
+        let limit = reported > 0 ? reported : 65536
+        let cap = UInt64((256 << 20) / blockSize)
+        return Int(min(limit, cap, UInt64(UInt32.max)))
+    }
+
+    /// Whether a WRITE SAME failure is the target saying it does not do this: ILLEGAL REQUEST with INVALID
+    /// COMMAND OPERATION CODE (ASC 0x20) or INVALID FIELD IN CDB (ASC 0x24) (SPC-4 §4.5.6).
+    private static func isUnsupported(_ error: ISCSIClientError) -> Bool {
+        guard error.code == .scsiStatus, let sense = error.senseCode, sense.key == 0x05 else { return false }
+        return sense.asc == 0x20 || sense.asc == 0x24
     }
 
     /// GET LBA STATUS (SBC-4 §5.8), repeated until the range is covered; a
@@ -276,6 +360,7 @@ private struct Login: @unchecked Sendable {
     var clients: [ISCSIClient]
     var capacity: ISCSIClient.Capacity
     var writeProtected: Bool
+    var limits: ISCSIClient.BlockLimits
 }
 
 /// A FIFO of jobs served by one thread per `ISCSIClient`; each thread owns its
