@@ -310,6 +310,23 @@ public final class ISCSIClient: @unchecked Sendable {
         try Self.requireGood(result, "WRITE SAME (16)")
     }
 
+    /// Whether the target supports the command `opcode`, from REPORT SUPPORTED OPERATION CODES with
+    /// REPORTING OPTIONS 001b (SPC-4 §6.35); nil when the target does not answer that command or
+    /// `opcode` has service actions.
+    public func supportsOperation(opcode: UInt8) throws(ISCSIClientError) -> Bool? {
+        // MAINTENANCE IN, service action 0x0C; requested operation code in byte 3; allocation length 6...9.
+        let allocation = 64
+        let cdb: [UInt8] = [0xA3, 0x0C, 0x01, opcode, 0, 0, 0, 0, 0, UInt8(allocation), 0, 0]
+        let result = try execute(cdb: cdb, dataOut: nil, dataInLength: allocation)
+        guard result.status == 0, result.dataIn.count >= 2 else { return nil }
+        // Byte 1 bits 2...0, SUPPORT: 001b not supported, 011b supported as the standard says, 101b vendor-specific.
+        switch result.dataIn[1] & 0x07 {
+        case 0b001: return false
+        case 0b011, 0b101: return true
+        default: return nil
+        }
+    }
+
     /// The Block Limits VPD page (SBC-4 §6.6.3); all zeros when the target does not have it.
     public func blockLimits() throws(ISCSIClientError) -> BlockLimits {
         let none = BlockLimits(

@@ -24,6 +24,8 @@ public final class RemoteISCSIDevice: BlockDevice {
     public let unmappedReadsZero: Bool
     /// MAXIMUM WRITE SAME LENGTH from the Block Limits VPD page (SBC-4 §6.6.3), in blocks; 0 when not reported.
     public let maximumWriteSameBlocks: UInt64
+    /// What REPORT SUPPORTED OPERATION CODES said about WRITE SAME (16) at login (nil: the target did not say).
+    public let writeSameReported: Bool?
     /// Whether WRITE SAME (16) has not been refused so far (`writeZeros` then falls back to writing zeros).
     public var writeSameSupported: Bool { writeSame.withLock { $0.refused == false } }
 
@@ -32,7 +34,7 @@ public final class RemoteISCSIDevice: BlockDevice {
         var refused = false
         var unmapRefused = false
     }
-    private let writeSame = Mutex(WriteSameState())
+    private let writeSame: Mutex<WriteSameState>
 
     private let jobs: JobQueue
 
@@ -73,8 +75,10 @@ public final class RemoteISCSIDevice: BlockDevice {
                             && modeSense.dataIn[2] & 0x80 != 0
                         for client in clients.dropFirst() { _ = try client.readCapacity16() }
                         let limits = try clients[0].blockLimits()
+                        let writeSame = try clients[0].supportsOperation(opcode: 0x93)
                         return Login(
-                            clients: clients, capacity: capacity, writeProtected: writeProtected, limits: limits)
+                            clients: clients, capacity: capacity, writeProtected: writeProtected, limits: limits,
+                            writeSame: writeSame)
                     })
             }
             thread.name = "iscsi login"
@@ -97,6 +101,8 @@ public final class RemoteISCSIDevice: BlockDevice {
         self.isReadOnly = login.writeProtected
         self.unmappedReadsZero = login.capacity.unmappedReadsZero
         self.maximumWriteSameBlocks = login.limits.maximumWriteSameLength
+        self.writeSameReported = login.writeSame
+        self.writeSame = Mutex(WriteSameState(refused: login.writeSame == false))
         self.maximumTransferBytes = max(
             login.capacity.blockSize, maximumTransferBytes / login.capacity.blockSize * login.capacity.blockSize)
         self.jobs = JobQueue(clients: login.clients, name: "iscsi \(url)")
@@ -361,6 +367,7 @@ private struct Login: @unchecked Sendable {
     var capacity: ISCSIClient.Capacity
     var writeProtected: Bool
     var limits: ISCSIClient.BlockLimits
+    var writeSame: Bool?
 }
 
 /// A FIFO of jobs served by one thread per `ISCSIClient`; each thread owns its

@@ -267,7 +267,11 @@ public final class RelocationDestination: Sendable {
         self.logger = logger
         if let remote = device as? RemoteISCSIDevice {
             method = .iscsi(remote)
-            zeroFillIsCheap = remote.supportsUnmap || remote.maximumWriteSameBlocks > 0
+            // WRITE SAME as reported by REPORT SUPPORTED OPERATION CODES; if the target does not say, a Block
+            // Limits MAXIMUM WRITE SAME LENGTH or LBPME (thin LUNs deallocate through WRITE SAME) suggest it.
+            let writeSameLikely =
+                remote.writeSameReported ?? (remote.maximumWriteSameBlocks > 0 || remote.supportsUnmap)
+            zeroFillIsCheap = writeSameLikely || (remote.supportsUnmap && remote.unmappedReadsZero)
         } else if let file = device as? AIOFileDevice {
             if file.supportsUnmap {
                 method = .unmap
