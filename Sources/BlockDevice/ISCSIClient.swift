@@ -334,7 +334,8 @@ public final class ISCSIClient: @unchecked Sendable {
         let page: [UInt8]
         do throws(ISCSIClientError) {
             page = try inquiry(evpd: true, page: 0xB0, allocLen: 64)
-        } catch where error.code == .scsiStatus {
+        } catch {
+            guard error.code == .scsiStatus else { throw error }
             return none
         }
         guard page.count >= 20, page[1] == 0xB0 else { return none }

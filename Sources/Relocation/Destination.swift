@@ -116,7 +116,9 @@ public struct DestinationURL: Sendable, Equatable {
         let parts = path.split(separator: "/", omittingEmptySubsequences: false)
         guard let iqn = parts.first, !iqn.isEmpty else { throw invalid("empty target IQN") }
         guard parts.count >= 2, !parts[1].isEmpty else { throw invalid("missing LUN (iscsi://host/IQN/LUN)") }
-        guard parts.count == 2 else { throw invalid("unexpected path after the LUN: \"\(parts[2...].joined(separator: "/"))\"") }
+        guard parts.count == 2 else {
+            throw invalid("unexpected path after the LUN: \"\(parts[2...].joined(separator: "/"))\"")
+        }
         let lunText = parts[1]
         guard lunText.allSatisfy({ $0.isASCII && $0.isNumber }), let lun = Int(lunText) else {
             throw invalid("LUN \"\(lunText)\" is not a number")
@@ -128,7 +130,9 @@ public struct DestinationURL: Sendable, Equatable {
     }
 
     /// Checks `host[:port]` or `[IPv6]:port`.
-    private static func checkPortal(_ portal: Substring, _ invalid: (String) -> DestinationError) throws(DestinationError) {
+    private static func checkPortal(_ portal: Substring, _ invalid: (String) -> DestinationError)
+        throws(DestinationError)
+    {
         guard !portal.isEmpty else { throw invalid("empty host") }
         var port: Substring?
         if portal.hasPrefix("[") {
@@ -399,7 +403,9 @@ public final class RelocationDestination: Sendable {
             let fd = Glibc.open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
             guard fd >= 0 else {
                 let code = errno
-                if code == EEXIST { return prepareFile(path: path, name: name, requiredBytes: requiredBytes, create: create) }
+                if code == EEXIST {
+                    return prepareFile(path: path, name: name, requiredBytes: requiredBytes, create: create)
+                }
                 if code == ENOENT || code == ENOTDIR {
                     return .failure(.unreachable(name, "its directory does not exist"))
                 }
@@ -562,7 +568,8 @@ public final class RelocationDestination: Sendable {
     }
 
     /// `device.unmap` in pieces of at most 1 GiB.
-    private func unmapInPieces(_ device: any BlockDevice, offset: UInt64, length: UInt64) async throws(BlockDeviceError) {
+    private func unmapInPieces(_ device: any BlockDevice, offset: UInt64, length: UInt64) async throws(BlockDeviceError)
+    {
         var done: UInt64 = 0
         while done < length {
             let count = min(Self.zeroCommandBytes, length - done)

@@ -307,7 +307,8 @@ struct FileDestinationTests {
 
         let zeros = [UInt8](repeating: 0, count: 2 << 20)
         #expect(bytes(try await destination.device.read(offset: 2 << 20, length: 2 << 20)) == zeros)
-        #expect(bytes(try await destination.device.read(offset: 1 << 20, length: 1 << 20)) == Array(data[0..<(1 << 20)]))
+        #expect(
+            bytes(try await destination.device.read(offset: 1 << 20, length: 1 << 20)) == Array(data[0..<(1 << 20)]))
         #expect(bytes(try await destination.device.read(offset: 4 << 20, length: 1 << 20)) == Array(data[(3 << 20)...]))
         #expect(fileBytes(path, offset: 2 << 20, length: 2 << 20) == zeros)
         let after = try #require(fileStat(path))
@@ -466,7 +467,8 @@ private final class TGTTarget {
                     "thin_provisioning=1")
             }
             if readOnly {
-                try admin("--op", "update", "--mode", "logicalunit", "--tid", "1", "--lun", "1", "--params", "readonly=1")
+                try admin(
+                    "--op", "update", "--mode", "logicalunit", "--tid", "1", "--lun", "1", "--params", "readonly=1")
             }
             try admin("--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL")
             if let (user, secret) = chap {
