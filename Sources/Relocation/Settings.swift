@@ -2,15 +2,17 @@
 public struct RelocationSettings: Sendable, Equatable, Codable {
     /// Copy unit and dirty-tracking granularity, in bytes (a power of two, 64 KiB to 16 MiB; default 1 MiB).
     public var regionBytes: Int = 1 << 20
-    /// Copies in flight while the guest is idle.
-    public var maxInFlight: Int = 4
+    /// Copies in flight while the guest is idle; their buffers are the staging buffer (each region's backup chunks
+    /// are fetched while earlier regions are written).
+    public var maxInFlight: Int = 8
     /// The pump's ceiling in MiB/s (0: no limit).
     public var maxRateMiB: Int = 0
     /// The pump's rate while the guest is doing I/O, in MiB/s (it backs off further when the guest's latency
     /// rises); 0: pause while the guest is busy.
-    public var busyRateMiB: Int = 32
-    /// How far ahead of the copy backup chunks are staged, in MiB.
-    public var stageAheadMiB: Int = 64
+    public var busyRateMiB: Int = 8
+    /// How far ahead of the copy backup chunks are also staged into the cache, in MiB (0: only the copies in
+    /// flight read ahead). For slow backup storage; with fast storage the cache fills cost more than they save.
+    public var stageAheadMiB: Int = 0
     /// Seconds between checkpoints (a `kill -9` costs at most about this much copying).
     public var checkpointSeconds: Double = 2
     /// Verify the destination against the copied data before switching over.
