@@ -451,12 +451,16 @@ final class GuestWriter: @unchecked Sendable {
     private var completed = 0
     private var random: SplitMix64
     private let blockCount: Int
+    /// The guest's working set: most writes land in these 1 MiB regions, the rest anywhere.
+    private let hotRegions: [Int]
     static let initiator = "iqn.2026-11.org.livemount:relocation-guest"
 
     init(url: String, seed: UInt64, blockCount: Int) {
         currentURL = url
         random = SplitMix64(seed: seed)
         self.blockCount = blockCount
+        var generator = SplitMix64(seed: seed ^ 0x407)
+        hotRegions = (0..<6).map { _ in Int.random(in: 0..<(blockCount / 2048), using: &generator) }
     }
 
     /// Acknowledged operations so far.
@@ -563,8 +567,8 @@ final class GuestWriter: @unchecked Sendable {
         }
     }
 
-    /// A random operation: one in twenty an UNMAP (if the LUN reads zeros after it), else a write that is small
-    /// and anywhere, medium-sized, or straddling a 1 MiB chunk/region boundary at an odd block.
+    /// A random operation: one in twenty an UNMAP (if the LUN reads zeros after it), else a write that is small,
+    /// medium-sized, or straddling a 1 MiB chunk/region boundary at an odd block; 70% of them in the working set.
     private func nextOperation(canUnmap: Bool) -> Operation {
         let chunkBlocks = 2048
         let kind = Int.random(in: 0..<20, using: &random)
@@ -575,15 +579,23 @@ final class GuestWriter: @unchecked Sendable {
         }
         var lba: Int
         var blocks: Int
+        let hot = Int.random(in: 0..<10, using: &random) < 7
+        let region = hot ? hotRegions[Int.random(in: 0..<hotRegions.count, using: &random)] : nil
+        let anywhere = { (generator: inout SplitMix64) in
+            region.map { $0 * chunkBlocks + Int.random(in: 0..<chunkBlocks, using: &generator) }
+                ?? Int.random(in: 0..<self.blockCount, using: &generator)
+        }
         switch kind % 3 {
         case 0:
             blocks = Int.random(in: 1...16, using: &random)
-            lba = Int.random(in: 0..<blockCount, using: &random)
+            lba = anywhere(&random)
         case 1:
             blocks = Int.random(in: 17...512, using: &random)
-            lba = Int.random(in: 0..<blockCount, using: &random)
+            lba = anywhere(&random)
         default:
-            let boundary = Int.random(in: 1..<(blockCount / chunkBlocks), using: &random) * chunkBlocks
+            let boundary =
+                region.map { max(1, $0) * chunkBlocks }
+                ?? Int.random(in: 1..<(blockCount / chunkBlocks), using: &random) * chunkBlocks
             lba = boundary - Int.random(in: 1...96, using: &random)
             blocks = Int.random(in: 2...256, using: &random)
         }
