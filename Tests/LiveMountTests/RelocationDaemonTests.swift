@@ -1,4 +1,5 @@
 import BlockDevice
+import CLibISCSI
 import ControlPlane
 import Foundation
 import Relocation
@@ -484,7 +485,7 @@ final class GuestWriter: @unchecked Sendable {
     /// The guest's loop; blocking, run it on its own thread.
     func run(initial: [UInt8]) -> GuestResult {
         var result = GuestResult(expected: initial)
-        var client: ISCSIClient?
+        var client: GuestSession?
         var canUnmap = false
         var pending: Operation?
         var failures = 0
@@ -501,9 +502,8 @@ final class GuestWriter: @unchecked Sendable {
             }
             guard let operation = pending else { continue }
             if client == nil {
-                let fresh = ISCSIClient(timeoutSeconds: 10)
                 do {
-                    try fresh.connect(url: lock.withLock { currentURL }, initiatorName: Self.initiator)
+                    let fresh = try GuestSession(url: lock.withLock { currentURL }, initiatorName: Self.initiator)
                     let capacity = try fresh.readCapacity16()
                     canUnmap = capacity.provisioningEnabled && capacity.unmappedReadsZero
                     client = fresh
@@ -538,12 +538,12 @@ final class GuestWriter: @unchecked Sendable {
                 }
             }
         }
-        try? client?.logout()
+        client?.logout()
         return result
     }
 
     /// Sends one operation; on success applies it to the expected image (and checks a read-back).
-    private func perform(_ operation: Operation, on client: ISCSIClient, result: inout GuestResult)
+    private func perform(_ operation: Operation, on client: GuestSession, result: inout GuestResult)
         throws(ISCSIClientError)
     {
         switch operation {
@@ -604,6 +604,136 @@ final class GuestWriter: @unchecked Sendable {
         return .write(
             lba: UInt64(lba), data: data, fua: Int.random(in: 0..<4, using: &random) != 0,
             readBack: Int.random(in: 0..<6, using: &random) == 0)
+    }
+}
+
+// MARK: - The guest's libiscsi session
+
+/// The guest's session: like `ISCSIClient`, but with libiscsi's automatic reconnect turned off. After `kill -9` of
+/// the daemon, libiscsi would otherwise try to reconnect to the old port for ever inside the pending command;
+/// this way the command fails at once and the guest reconnects to the restarted daemon's new port itself.
+/// Failures are `ISCSIClientError`s (CHECK CONDITION with fixed-format sense bytes), as `ISCSIClient` reports them.
+final class GuestSession {
+    private let context: OpaquePointer
+    private var lun: Int32 = 0
+    private var blockSize = 512
+
+    /// Logs in to the LUN named by `url` (`iscsi://HOST:PORT/IQN/LUN`).
+    init(url: String, initiatorName: String, timeoutSeconds: Int32 = 10) throws(ISCSIClientError) {
+        guard let context = iscsi_create_context(initiatorName) else {
+            throw ISCSIClientError(.invalidArgument, "cannot create an iSCSI context")
+        }
+        self.context = context
+        guard let parsed = iscsi_parse_full_url(context, url) else {
+            throw ISCSIClientError(.invalidArgument, "bad iSCSI URL \(url): \(lastError)")
+        }
+        defer { iscsi_destroy_url(parsed) }
+        let portal = Self.string(parsed.pointee.portal)
+        lun = parsed.pointee.lun
+        iscsi_set_targetname(context, Self.string(parsed.pointee.target))
+        iscsi_set_session_type(context, ISCSI_SESSION_NORMAL)
+        iscsi_set_header_digest(context, ISCSI_HEADER_DIGEST_NONE)
+        iscsi_set_noautoreconnect(context, 1)
+        iscsi_set_timeout(context, timeoutSeconds)
+        guard iscsi_full_connect_sync(context, portal, lun) == 0 else {
+            throw ISCSIClientError(.loginFailed, "login to \(url) failed: \(lastError)")
+        }
+    }
+
+    deinit { iscsi_destroy_context(context) }
+
+    /// What READ CAPACITY (16) reports that the guest uses.
+    struct Capacity {
+        var blockCount: UInt64
+        var blockSize: Int
+        var provisioningEnabled: Bool
+        var unmappedReadsZero: Bool
+    }
+
+    /// READ CAPACITY (16) (SBC-4 §5.20); remembers the block size.
+    func readCapacity16() throws(ISCSIClientError) -> Capacity {
+        let task = iscsi_readcapacity16_sync(context, lun)
+        let finished = try check(task, "READ CAPACITY (16)")
+        defer { scsi_free_scsi_task(finished) }
+        guard let raw = scsi_datain_unmarshall(finished) else {
+            throw ISCSIClientError(.transport, "READ CAPACITY (16): cannot unmarshall")
+        }
+        let data = raw.assumingMemoryBound(to: scsi_readcapacity16.self).pointee
+        blockSize = Int(data.block_length)
+        return Capacity(
+            blockCount: data.returned_lba + 1, blockSize: blockSize, provisioningEnabled: data.lbpme != 0,
+            unmappedReadsZero: data.lbprz != 0)
+    }
+
+    /// WRITE (16) (SBC-4 §5.43), with FUA when asked.
+    func write(lba: UInt64, data: [UInt8], fua: Bool) throws(ISCSIClientError) {
+        var bytes = data
+        let task = bytes.withUnsafeMutableBufferPointer { buffer in
+            iscsi_write16_sync(
+                context, lun, lba, buffer.baseAddress, UInt32(buffer.count), Int32(blockSize), 0, 0, fua ? 1 : 0, 0, 0)
+        }
+        scsi_free_scsi_task(try check(task, "WRITE (16)"))
+    }
+
+    /// READ (16) (SBC-4 §5.17).
+    func read(lba: UInt64, blocks: Int) throws(ISCSIClientError) -> [UInt8] {
+        let length = blocks * blockSize
+        let task = iscsi_read16_sync(context, lun, lba, UInt32(length), Int32(blockSize), 0, 0, 0, 0, 0)
+        let finished = try check(task, "READ (16)")
+        defer { scsi_free_scsi_task(finished) }
+        let size = Int(finished.pointee.datain.size)
+        guard size == length, let bytes = finished.pointee.datain.data else {
+            throw ISCSIClientError(.transport, "READ (16) returned \(size) of \(length) bytes")
+        }
+        return Array(UnsafeBufferPointer(start: bytes, count: size))
+    }
+
+    /// SYNCHRONIZE CACHE (10) of the whole LUN (SBC-4 §5.24).
+    func synchronizeCache() throws(ISCSIClientError) {
+        scsi_free_scsi_task(try check(iscsi_synchronizecache10_sync(context, lun, 0, 0, 0, 0), "SYNCHRONIZE CACHE"))
+    }
+
+    /// UNMAP of one range (SBC-4 §5.30).
+    func unmap(lba: UInt64, blocks: UInt32) throws(ISCSIClientError) {
+        var list = unmap_list(lba: lba, num: blocks)
+        scsi_free_scsi_task(try check(iscsi_unmap_sync(context, lun, 0, 0, &list, 1), "UNMAP"))
+    }
+
+    func logout() { _ = iscsi_logout_sync(context) }
+
+    /// The finished task if its status is GOOD; else frees it and throws (`.scsiStatus` for a SCSI status,
+    /// `.transport` when the command did not complete).
+    private func check(_ task: UnsafeMutablePointer<scsi_task>?, _ name: String) throws(ISCSIClientError)
+        -> UnsafeMutablePointer<scsi_task>
+    {
+        guard let task else { throw ISCSIClientError(.transport, "\(name) failed: \(lastError)") }
+        let status = Int(task.pointee.status)
+        if status == Int(SCSI_STATUS_GOOD.rawValue) { return task }
+        defer { scsi_free_scsi_task(task) }
+        guard status < 0x100 else { throw ISCSIClientError(.transport, "\(name) failed: \(lastError)") }
+        var sense: [UInt8] = []
+        if status == Int(SCSI_STATUS_CHECK_CONDITION.rawValue) {
+            // Fixed-format sense (SPC-4 §4.5.3) from libiscsi's parsed key and ASC/ASCQ.
+            let ascq = task.pointee.sense.ascq
+            sense = [0x70, 0, UInt8(truncatingIfNeeded: task.pointee.sense.key.rawValue), 0, 0, 0, 0, 10, 0, 0, 0, 0]
+                + [UInt8(truncatingIfNeeded: ascq >> 8), UInt8(truncatingIfNeeded: ascq)]
+        }
+        throw ISCSIClientError(
+            .scsiStatus, "\(name) ended with status 0x\(String(status, radix: 16))", status: status, sense: sense)
+    }
+
+    private var lastError: String {
+        guard let text = iscsi_get_error(context) else { return "unknown error" }
+        return String(cString: text)
+    }
+
+    /// A C `char[N]` field as a Swift string.
+    private static func string<T>(_ field: T) -> String {
+        withUnsafeBytes(of: field) { raw in
+            let bytes = raw.bindMemory(to: UInt8.self)
+            let end = bytes.firstIndex(of: 0) ?? bytes.count
+            return String(decoding: bytes[..<end], as: UTF8.self)
+        }
     }
 }
 
