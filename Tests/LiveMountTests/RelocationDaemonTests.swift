@@ -49,7 +49,7 @@ struct RelocationDaemonTests {
     func relocationSurvivesKills() async throws {
         var random = SplitMix64(seed: UInt64.random(in: 1...UInt64.max))
         let seed = random.seed
-        let bench = try await Bench.make(maxRateMiB: 8)
+        let bench = try await Bench.make(maxRateMiB: 16)
         let chunksBefore = try bench.fixture.chunkFiles()
         let destination = bench.fixture.scratch.path + "/primary.img"
         var daemon = try bench.startDaemon()
@@ -452,7 +452,7 @@ final class GuestWriter: @unchecked Sendable {
     private var completed = 0
     private var random: SplitMix64
     private let blockCount: Int
-    /// The guest's working set: most writes land in these 1 MiB regions, the rest anywhere.
+    /// The guest's working set: 90% of the writes land in these 1 MiB regions, the rest anywhere.
     private let hotRegions: [Int]
     static let initiator = "iqn.2026-11.org.livemount:relocation-guest"
 
@@ -568,7 +568,7 @@ final class GuestWriter: @unchecked Sendable {
     }
 
     /// A random operation: one in twenty an UNMAP (if the LUN reads zeros after it), else a write that is small,
-    /// medium-sized, or straddling a 1 MiB chunk/region boundary at an odd block; 70% of them in the working set.
+    /// medium-sized, or straddling a 1 MiB chunk/region boundary at an odd block; 90% of them in the working set.
     private func nextOperation(canUnmap: Bool) -> Operation {
         let chunkBlocks = 2048
         let kind = Int.random(in: 0..<20, using: &random)
@@ -579,7 +579,7 @@ final class GuestWriter: @unchecked Sendable {
         }
         var lba: Int
         var blocks: Int
-        let hot = Int.random(in: 0..<10, using: &random) < 7
+        let hot = Int.random(in: 0..<10, using: &random) < 9
         let region = hot ? hotRegions[Int.random(in: 0..<hotRegions.count, using: &random)] : nil
         let anywhere = { (generator: inout SplitMix64) in
             region.map { $0 * chunkBlocks + Int.random(in: 0..<chunkBlocks, using: &generator) }
