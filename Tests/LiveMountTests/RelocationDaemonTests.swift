@@ -429,7 +429,7 @@ struct GuestResult: Sendable {
 }
 
 /// A guest on its own thread: random writes (FUA, or followed by SYNCHRONIZE CACHE, so an acknowledged write is
-/// durable), some straddling chunk/region boundaries, some unaligned, a few UNMAPs, and now and then a read-back.
+/// durable; UNMAPs are followed by SYNCHRONIZE CACHE too), some straddling chunk/region boundaries, some unaligned, a few UNMAPs, and now and then a read-back.
 /// When a command fails in transport (the daemon was killed) its outcome is unknown: the guest reconnects to the
 /// current URL and re-issues it, so the expected image is definite.
 final class GuestWriter: @unchecked Sendable {
@@ -559,7 +559,9 @@ final class GuestWriter: @unchecked Sendable {
                 if read != data { result.readBackMismatches.append(operation.description) }
             }
         case .unmap(let lba, let blocks):
+            // UNMAP has no FUA bit: SYNCHRONIZE CACHE makes it durable (SBC-4 §4.7).
             try client.unmap(lba: lba, blocks: blocks)
+            try client.synchronizeCache()
             let offset = Int(lba) * 512
             result.expected.replaceSubrange(
                 offset..<(offset + Int(blocks) * 512), with: repeatElement(0, count: Int(blocks) * 512))
