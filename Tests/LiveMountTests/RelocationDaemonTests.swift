@@ -559,7 +559,7 @@ final class GuestWriter: @unchecked Sendable {
                 if read != data { result.readBackMismatches.append(operation.description) }
             }
         case .unmap(let lba, let blocks):
-            // UNMAP has no FUA bit: SYNCHRONIZE CACHE makes it durable (SBC-4 §4.7).
+            // UNMAP has no FUA bit: the SYNCHRONIZE CACHE after it makes it durable.
             try client.unmap(lba: lba, blocks: blocks)
             try client.synchronizeCache()
             let offset = Int(lba) * 512
