@@ -53,7 +53,9 @@ struct RelocationDaemonTests {
         let chunksBefore = try bench.fixture.chunkFiles()
         let destination = bench.fixture.scratch.path + "/primary.img"
         var daemon = try bench.startDaemon()
+        defer { daemon.stop() }
         let writer = GuestWriter(url: daemon.url(0), seed: random.next(), blockCount: Self.diskBytes / 512)
+        defer { writer.requestStop() }
         let disk = bench.fixture.disk
         let writing = Task { try await onThread { writer.run(initial: disk) } }
 
@@ -96,7 +98,6 @@ struct RelocationDaemonTests {
         // kill -9 after completion: the restarted daemon keeps serving the destination.
         daemon.kill9()
         daemon = try bench.startDaemon()
-        defer { daemon.stop() }
         let served = try await readWholeLUN(url: daemon.url(0))
         #expect(firstDifference(served, result.expected) == nil, "the LUN after a restart equals the expected image")
         #expect(try await bench.control.status()?.phase == .completed)
@@ -187,6 +188,7 @@ struct Bench {
         defer { daemon.stop() }
         let seed = UInt64.random(in: 1...UInt64.max)
         let writer = GuestWriter(url: daemon.url(0), seed: seed, blockCount: RelocationDaemonTests.diskBytes / 512)
+        defer { writer.requestStop() }
         let disk = fixture.disk
         let writing = Task { try await onThread { writer.run(initial: disk) } }
         try await writer.waitForOperations(20)
