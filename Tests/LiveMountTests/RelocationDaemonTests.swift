@@ -1,4 +1,5 @@
 import BlockDevice
+import CLibISCSI
 import ControlPlane
 import Foundation
 import Relocation
@@ -48,11 +49,13 @@ struct RelocationDaemonTests {
     func relocationSurvivesKills() async throws {
         var random = SplitMix64(seed: UInt64.random(in: 1...UInt64.max))
         let seed = random.seed
-        let bench = try await Bench.make(maxRateMiB: 8)
+        let bench = try await Bench.make(maxRateMiB: 16)
         let chunksBefore = try bench.fixture.chunkFiles()
         let destination = bench.fixture.scratch.path + "/primary.img"
         var daemon = try bench.startDaemon()
+        defer { daemon.stop() }
         let writer = GuestWriter(url: daemon.url(0), seed: random.next(), blockCount: Self.diskBytes / 512)
+        defer { writer.requestStop() }
         let disk = bench.fixture.disk
         let writing = Task { try await onThread { writer.run(initial: disk) } }
 
@@ -84,7 +87,7 @@ struct RelocationDaemonTests {
             "kills 1-4 hit a running relocation: \(phasesAtKill) (seed \(seed))")
         #expect(phasesAtKill.contains(.copying), "at least one kill during copying: \(phasesAtKill)")
         let status = try await bench.control.status()
-        #expect((status?.resumes ?? 0) >= 4, "the pump resumed after the restarts: \(String(describing: status))")
+        #expect((status?.resumes ?? 0) >= 5, "each restart resumed the pump: \(String(describing: status))")
 
         // Writes after switchover go to the primary.
         try await writer.waitForOperations(writer.operations + 40)
@@ -95,7 +98,6 @@ struct RelocationDaemonTests {
         // kill -9 after completion: the restarted daemon keeps serving the destination.
         daemon.kill9()
         daemon = try bench.startDaemon()
-        defer { daemon.stop() }
         let served = try await readWholeLUN(url: daemon.url(0))
         #expect(firstDifference(served, result.expected) == nil, "the LUN after a restart equals the expected image")
         #expect(try await bench.control.status()?.phase == .completed)
@@ -186,6 +188,7 @@ struct Bench {
         defer { daemon.stop() }
         let seed = UInt64.random(in: 1...UInt64.max)
         let writer = GuestWriter(url: daemon.url(0), seed: seed, blockCount: RelocationDaemonTests.diskBytes / 512)
+        defer { writer.requestStop() }
         let disk = fixture.disk
         let writing = Task { try await onThread { writer.run(initial: disk) } }
         try await writer.waitForOperations(20)
@@ -428,7 +431,7 @@ struct GuestResult: Sendable {
 }
 
 /// A guest on its own thread: random writes (FUA, or followed by SYNCHRONIZE CACHE, so an acknowledged write is
-/// durable), some straddling chunk/region boundaries, some unaligned, a few UNMAPs, and now and then a read-back.
+/// durable; UNMAPs are followed by SYNCHRONIZE CACHE too), some straddling chunk/region boundaries, some unaligned, a few UNMAPs, and now and then a read-back.
 /// When a command fails in transport (the daemon was killed) its outcome is unknown: the guest reconnects to the
 /// current URL and re-issues it, so the expected image is definite.
 final class GuestWriter: @unchecked Sendable {
@@ -451,12 +454,16 @@ final class GuestWriter: @unchecked Sendable {
     private var completed = 0
     private var random: SplitMix64
     private let blockCount: Int
+    /// The guest's working set: 90% of the writes land in these 1 MiB regions, the rest anywhere.
+    private let hotRegions: [Int]
     static let initiator = "iqn.2026-11.org.livemount:relocation-guest"
 
     init(url: String, seed: UInt64, blockCount: Int) {
         currentURL = url
         random = SplitMix64(seed: seed)
         self.blockCount = blockCount
+        var generator = SplitMix64(seed: seed ^ 0x407)
+        hotRegions = (0..<6).map { _ in Int.random(in: 0..<(blockCount / 2048), using: &generator) }
     }
 
     /// Acknowledged operations so far.
@@ -480,7 +487,7 @@ final class GuestWriter: @unchecked Sendable {
     /// The guest's loop; blocking, run it on its own thread.
     func run(initial: [UInt8]) -> GuestResult {
         var result = GuestResult(expected: initial)
-        var client: ISCSIClient?
+        var client: GuestSession?
         var canUnmap = false
         var pending: Operation?
         var failures = 0
@@ -497,9 +504,8 @@ final class GuestWriter: @unchecked Sendable {
             }
             guard let operation = pending else { continue }
             if client == nil {
-                let fresh = ISCSIClient(timeoutSeconds: 10)
                 do {
-                    try fresh.connect(url: lock.withLock { currentURL }, initiatorName: Self.initiator)
+                    let fresh = try GuestSession(url: lock.withLock { currentURL }, initiatorName: Self.initiator)
                     let capacity = try fresh.readCapacity16()
                     canUnmap = capacity.provisioningEnabled && capacity.unmappedReadsZero
                     client = fresh
@@ -534,12 +540,12 @@ final class GuestWriter: @unchecked Sendable {
                 }
             }
         }
-        try? client?.logout()
+        client?.logout()
         return result
     }
 
     /// Sends one operation; on success applies it to the expected image (and checks a read-back).
-    private func perform(_ operation: Operation, on client: ISCSIClient, result: inout GuestResult)
+    private func perform(_ operation: Operation, on client: GuestSession, result: inout GuestResult)
         throws(ISCSIClientError)
     {
         switch operation {
@@ -555,7 +561,9 @@ final class GuestWriter: @unchecked Sendable {
                 if read != data { result.readBackMismatches.append(operation.description) }
             }
         case .unmap(let lba, let blocks):
+            // UNMAP has no FUA bit: the SYNCHRONIZE CACHE after it makes it durable.
             try client.unmap(lba: lba, blocks: blocks)
+            try client.synchronizeCache()
             let offset = Int(lba) * 512
             result.expected.replaceSubrange(
                 offset..<(offset + Int(blocks) * 512), with: repeatElement(0, count: Int(blocks) * 512))
@@ -563,8 +571,8 @@ final class GuestWriter: @unchecked Sendable {
         }
     }
 
-    /// A random operation: one in twenty an UNMAP (if the LUN reads zeros after it), else a write that is small
-    /// and anywhere, medium-sized, or straddling a 1 MiB chunk/region boundary at an odd block.
+    /// A random operation: one in twenty an UNMAP (if the LUN reads zeros after it), else a write that is small,
+    /// medium-sized, or straddling a 1 MiB chunk/region boundary at an odd block; 90% of them in the working set.
     private func nextOperation(canUnmap: Bool) -> Operation {
         let chunkBlocks = 2048
         let kind = Int.random(in: 0..<20, using: &random)
@@ -575,15 +583,23 @@ final class GuestWriter: @unchecked Sendable {
         }
         var lba: Int
         var blocks: Int
+        let hot = Int.random(in: 0..<10, using: &random) < 9
+        let region = hot ? hotRegions[Int.random(in: 0..<hotRegions.count, using: &random)] : nil
+        let anywhere = { (generator: inout SplitMix64) in
+            region.map { $0 * chunkBlocks + Int.random(in: 0..<chunkBlocks, using: &generator) }
+                ?? Int.random(in: 0..<self.blockCount, using: &generator)
+        }
         switch kind % 3 {
         case 0:
             blocks = Int.random(in: 1...16, using: &random)
-            lba = Int.random(in: 0..<blockCount, using: &random)
+            lba = anywhere(&random)
         case 1:
             blocks = Int.random(in: 17...512, using: &random)
-            lba = Int.random(in: 0..<blockCount, using: &random)
+            lba = anywhere(&random)
         default:
-            let boundary = Int.random(in: 1..<(blockCount / chunkBlocks), using: &random) * chunkBlocks
+            let boundary =
+                region.map { max(1, $0) * chunkBlocks }
+                ?? Int.random(in: 1..<(blockCount / chunkBlocks), using: &random) * chunkBlocks
             lba = boundary - Int.random(in: 1...96, using: &random)
             blocks = Int.random(in: 2...256, using: &random)
         }
@@ -592,6 +608,136 @@ final class GuestWriter: @unchecked Sendable {
         return .write(
             lba: UInt64(lba), data: data, fua: Int.random(in: 0..<4, using: &random) != 0,
             readBack: Int.random(in: 0..<6, using: &random) == 0)
+    }
+}
+
+// MARK: - The guest's libiscsi session
+
+/// The guest's session: like `ISCSIClient`, but with libiscsi's automatic reconnect turned off. After `kill -9` of
+/// the daemon, libiscsi would otherwise try to reconnect to the old port for ever inside the pending command;
+/// this way the command fails at once and the guest reconnects to the restarted daemon's new port itself.
+/// Failures are `ISCSIClientError`s (CHECK CONDITION with fixed-format sense bytes), as `ISCSIClient` reports them.
+final class GuestSession {
+    private let context: OpaquePointer
+    private var lun: Int32 = 0
+    private var blockSize = 512
+
+    /// Logs in to the LUN named by `url` (`iscsi://HOST:PORT/IQN/LUN`).
+    init(url: String, initiatorName: String, timeoutSeconds: Int32 = 10) throws(ISCSIClientError) {
+        guard let context = iscsi_create_context(initiatorName) else {
+            throw ISCSIClientError(.invalidArgument, "cannot create an iSCSI context")
+        }
+        self.context = context
+        guard let parsed = iscsi_parse_full_url(context, url) else {
+            throw ISCSIClientError(.invalidArgument, "bad iSCSI URL \(url): \(lastError)")
+        }
+        defer { iscsi_destroy_url(parsed) }
+        let portal = Self.string(parsed.pointee.portal)
+        lun = parsed.pointee.lun
+        iscsi_set_targetname(context, Self.string(parsed.pointee.target))
+        iscsi_set_session_type(context, ISCSI_SESSION_NORMAL)
+        iscsi_set_header_digest(context, ISCSI_HEADER_DIGEST_NONE)
+        iscsi_set_noautoreconnect(context, 1)
+        iscsi_set_timeout(context, timeoutSeconds)
+        guard iscsi_full_connect_sync(context, portal, lun) == 0 else {
+            throw ISCSIClientError(.loginFailed, "login to \(url) failed: \(lastError)")
+        }
+    }
+
+    deinit { iscsi_destroy_context(context) }
+
+    /// What READ CAPACITY (16) reports that the guest uses.
+    struct Capacity {
+        var blockCount: UInt64
+        var blockSize: Int
+        var provisioningEnabled: Bool
+        var unmappedReadsZero: Bool
+    }
+
+    /// READ CAPACITY (16) (SBC-4 §5.20); remembers the block size.
+    func readCapacity16() throws(ISCSIClientError) -> Capacity {
+        let task = iscsi_readcapacity16_sync(context, lun)
+        let finished = try check(task, "READ CAPACITY (16)")
+        defer { scsi_free_scsi_task(finished) }
+        guard let raw = scsi_datain_unmarshall(finished) else {
+            throw ISCSIClientError(.transport, "READ CAPACITY (16): cannot unmarshall")
+        }
+        let data = raw.assumingMemoryBound(to: scsi_readcapacity16.self).pointee
+        blockSize = Int(data.block_length)
+        return Capacity(
+            blockCount: data.returned_lba + 1, blockSize: blockSize, provisioningEnabled: data.lbpme != 0,
+            unmappedReadsZero: data.lbprz != 0)
+    }
+
+    /// WRITE (16) (SBC-4 §5.43), with FUA when asked.
+    func write(lba: UInt64, data: [UInt8], fua: Bool) throws(ISCSIClientError) {
+        var bytes = data
+        let task = bytes.withUnsafeMutableBufferPointer { buffer in
+            iscsi_write16_sync(
+                context, lun, lba, buffer.baseAddress, UInt32(buffer.count), Int32(blockSize), 0, 0, fua ? 1 : 0, 0, 0)
+        }
+        scsi_free_scsi_task(try check(task, "WRITE (16)"))
+    }
+
+    /// READ (16) (SBC-4 §5.17).
+    func read(lba: UInt64, blocks: Int) throws(ISCSIClientError) -> [UInt8] {
+        let length = blocks * blockSize
+        let task = iscsi_read16_sync(context, lun, lba, UInt32(length), Int32(blockSize), 0, 0, 0, 0, 0)
+        let finished = try check(task, "READ (16)")
+        defer { scsi_free_scsi_task(finished) }
+        let size = Int(finished.pointee.datain.size)
+        guard size == length, let bytes = finished.pointee.datain.data else {
+            throw ISCSIClientError(.transport, "READ (16) returned \(size) of \(length) bytes")
+        }
+        return Array(UnsafeBufferPointer(start: bytes, count: size))
+    }
+
+    /// SYNCHRONIZE CACHE (10) of the whole LUN (SBC-4 §5.24).
+    func synchronizeCache() throws(ISCSIClientError) {
+        scsi_free_scsi_task(try check(iscsi_synchronizecache10_sync(context, lun, 0, 0, 0, 0), "SYNCHRONIZE CACHE"))
+    }
+
+    /// UNMAP of one range (SBC-4 §5.30).
+    func unmap(lba: UInt64, blocks: UInt32) throws(ISCSIClientError) {
+        var list = unmap_list(lba: lba, num: blocks)
+        scsi_free_scsi_task(try check(iscsi_unmap_sync(context, lun, 0, 0, &list, 1), "UNMAP"))
+    }
+
+    func logout() { _ = iscsi_logout_sync(context) }
+
+    /// The finished task if its status is GOOD; else frees it and throws (`.scsiStatus` for a SCSI status,
+    /// `.transport` when the command did not complete).
+    private func check(_ task: UnsafeMutablePointer<scsi_task>?, _ name: String) throws(ISCSIClientError)
+        -> UnsafeMutablePointer<scsi_task>
+    {
+        guard let task else { throw ISCSIClientError(.transport, "\(name) failed: \(lastError)") }
+        let status = Int(task.pointee.status)
+        if status == Int(SCSI_STATUS_GOOD.rawValue) { return task }
+        defer { scsi_free_scsi_task(task) }
+        guard status < 0x100 else { throw ISCSIClientError(.transport, "\(name) failed: \(lastError)") }
+        var sense: [UInt8] = []
+        if status == Int(SCSI_STATUS_CHECK_CONDITION.rawValue) {
+            // Fixed-format sense (SPC-4 §4.5.3) from libiscsi's parsed key and ASC/ASCQ.
+            let ascq = task.pointee.sense.ascq
+            sense = [0x70, 0, UInt8(truncatingIfNeeded: task.pointee.sense.key.rawValue), 0, 0, 0, 0, 10, 0, 0, 0, 0]
+                + [UInt8(truncatingIfNeeded: ascq >> 8), UInt8(truncatingIfNeeded: ascq)]
+        }
+        throw ISCSIClientError(
+            .scsiStatus, "\(name) ended with status 0x\(String(status, radix: 16))", status: status, sense: sense)
+    }
+
+    private var lastError: String {
+        guard let text = iscsi_get_error(context) else { return "unknown error" }
+        return String(cString: text)
+    }
+
+    /// A C `char[N]` field as a Swift string.
+    private static func string<T>(_ field: T) -> String {
+        withUnsafeBytes(of: field) { raw in
+            let bytes = raw.bindMemory(to: UInt8.self)
+            let end = bytes.firstIndex(of: 0) ?? bytes.count
+            return String(decoding: bytes[..<end], as: UTF8.self)
+        }
     }
 }
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Benchmark (issue 5, acceptance 3): the relocation pump, on 127.0.0.1 only.
 #
-#   tools/bench/relocate.sh [-z DISK_MIB] [-c CACHE_MIB] [-t SECONDS] [-I IOPS] [-k]
+#   tools/bench/relocate.sh [-z DISK_MIB] [-c CACHE_MIB] [-t SECONDS] [-I IOPS] [-B BINDIR] [-k]
+#
+# -B uses livemountd and livemount already built (release) in BINDIR instead of building them here.
 #
 # (a) Idle guest. A DISK_MIB (default 2048) disk of realistic content (per 1 MiB chunk: random data, zeros,
 #     repeats of earlier chunks, compressible text; see tools/bench/relocate/make-disk.py) is backed up with
@@ -22,16 +24,19 @@
 # Everything lives under a temporary directory ($TMPDIR, default /var/tmp), removed at the end (-k keeps it).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-size=2048; cache=1024; seconds=20; iops=2000; keep=0
-while getopts "z:c:t:I:k" opt; do
+size=2048; cache=1024; seconds=20; iops=2000; keep=0; bindir=""
+while getopts "z:c:t:I:B:k" opt; do
   case $opt in
-  z) size=$OPTARG ;; c) cache=$OPTARG ;; t) seconds=$OPTARG ;; I) iops=$OPTARG ;; k) keep=1 ;; *) exit 2 ;;
+  z) size=$OPTARG ;; c) cache=$OPTARG ;; t) seconds=$OPTARG ;; I) iops=$OPTARG ;; B) bindir=$OPTARG ;;
+  k) keep=1 ;; *) exit 2 ;;
   esac
 done
-tools/install-deps.sh
-swift build -c release --product livemountd >&2
-swift build -c release --product livemount >&2
-bindir="$(swift build -c release --show-bin-path)"
+if [ -z "$bindir" ]; then
+  tools/install-deps.sh
+  swift build -c release --product livemountd >&2
+  swift build -c release --product livemount >&2
+  bindir="$(swift build -c release --show-bin-path)"
+fi
 lm="$bindir/livemount"
 here=tools/bench/relocate
 
