@@ -296,6 +296,11 @@ public final class MountManager: Sendable {
         }
         let device = LiveMountDevice(
             manifest: manifest, source: source, cache: cache, overlay: overlay, blockSize: blockSize, logger: logger)
+        if overlay != nil, let relocation = try? relocations.record(mountID: record.id), !relocation.phase.isFinal {
+            // A write before the relocation resumes would not be tracked: writes wait until
+            // `RelocationService.resume` has attached the pump (it releases them on every path).
+            await device.holdWrites()
+        }
         await attachPrefetchAndRecording(device, record)
         return device
     }

@@ -103,7 +103,11 @@ public final class RelocationService: Sendable {
 
     /// Resumes the relocation of a mount the daemon just reopened, if it has one that is not finished: from its
     /// last checkpoint (a paused or failed one only tracks the guest's writes until resumed).
+    /// The mount's guest writes were held when it was opened (`MountManager`); they are released here, once the
+    /// pump's dirty tracking is attached (or there is nothing to track).
     public func resume(record: MountRecord, device: LiveMountDevice) async {
+        var attached = false
+        defer { if !attached { device.releaseWrites() } }
         guard !device.isRelocated, var relocation = try? existingRecord(record.id), !relocation.phase.isFinal else {
             return
         }
@@ -130,16 +134,33 @@ public final class RelocationService: Sendable {
         do {
             regions = try store.regions(mountID: record.id)
         } catch {
-            logger.error("cannot read a relocation's checkpoint", metadata: ["error": "\(error)"])
+            // Without the checkpoint nothing copied can be trusted: start over when resumed.
+            logger.error("cannot read a relocation's checkpoint; it starts over when resumed", metadata: ["error": "\(error)"])
+            relocation.phase = .failed
+            relocation.error = "cannot read the checkpoint: \(error)"
+            relocation.resumePhase = .copying
+            relocation.nextSequential = 0
+            try? store.update(relocation)
+            await destination.close()
             return
         }
         let tracker = RegionTracker(
             totalBytes: relocation.totalBytes, regionBytes: relocation.regionBytes,
             nextSequential: relocation.nextSequential, dirty: regions.dirty, content: regions.content,
             destinationZeroed: relocation.destinationZeroed)
-        if relocation.phase != .paused && relocation.phase != .failed { relocation.resumes += 1 }
+        if relocation.phase != .paused && relocation.phase != .failed {
+            relocation.resumes += 1
+            do {
+                try store.update(relocation)
+            } catch {
+                logger.error("cannot record the relocation's resume", metadata: ["error": "\(error)"])
+            }
+        }
         let pump = makePump(
             relocation, tracker: tracker, record: record, device: device, destination: destination, fullVerify: true)
+        device.setRelocationTap(pump)
+        device.releaseWrites()
+        attached = true
         logger.info(
             "relocation resumed from its checkpoint",
             metadata: [
@@ -207,6 +228,18 @@ public final class RelocationService: Sendable {
     }
 
     public func cancel(mountID: Int64) async throws(RelocationServiceError) -> RelocationStatus {
+        if pumps.withLock({ $0[mountID] }) == nil, var record = try existingRecord(mountID), !record.phase.isFinal {
+            // A relocation that could not be resumed at start (its destination or checkpoint unreadable) has no
+            // pump: cancelling it only records that, so a new one can start.
+            record.phase = .cancelled
+            do {
+                try store.update(record)
+                try store.dropRegions(mountID: mountID)
+            } catch {
+                throw RelocationServiceError(.failed, error.description)
+            }
+            return Self.status(of: record)
+        }
         let pump = try running(mountID)
         let phase = pump.status.phase
         guard !phase.isFinal else { throw RelocationServiceError(.conflict, "the relocation is \(phase.rawValue)") }

@@ -55,8 +55,11 @@ public struct RegionTracker: Sendable {
         for (region, value) in content where region >= 0 && region < regionCount { self.content[region] = value }
         // Beyond the sequential pass the destination was not written by us, except by copies in flight at the crash
         // (listed dirty), so only dirty regions lose what we knew.
-        self.dirty = dirty.filter { $0 >= 0 && $0 < regionCount }
-        for region in self.dirty { self.content[region] = .unknown }
+        // Dirty regions at or past the sequential position are the ones reserved for copies that may have started
+        // after the checkpoint: their content is unknown, and the sequential pass copies them again anyway.
+        let listed = dirty.filter { $0 >= 0 && $0 < regionCount }
+        for region in listed { self.content[region] = .unknown }
+        self.dirty = listed.filter { $0 < self.nextSequential }
     }
 
     // MARK: - Geometry
@@ -101,6 +104,9 @@ public struct RegionTracker: Sendable {
 
     /// The lowest dirty region not in flight (for passes that only re-copy).
     public func nextDirty() -> Int? { dirty.lazy.filter { !inFlight.contains($0) }.min() }
+
+    /// The next region of the first, sequential pass; nil once every region has been started.
+    public var nextInSequence: Int? { nextSequential < regionCount ? nextSequential : nil }
 
     /// A copy of `region` starts: it is no longer dirty, and what the destination holds there is unknown until
     /// the copy finishes.

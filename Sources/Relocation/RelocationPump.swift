@@ -55,6 +55,8 @@ public final class RelocationPump: RelocationTap, Sendable {
         /// (time, bytes done) samples for the rate.
         var samples: [(ContinuousClock.Instant, UInt64)] = []
         var staged = 0
+        /// The sequential pass may copy regions below this: they are recorded as dirty in the store.
+        var reservedThrough = 0
         var consecutiveFailures = 0
         var lastFailure: String?
     }
@@ -290,13 +292,15 @@ public final class RelocationPump: RelocationTap, Sendable {
         var phase = state.withLock { $0.record.phase }
         if phase == .switching { phase = .verifying }
         if phase == .copying {
-            try await pass(verifying: settings.verify, allRegions: false)
+            // With `verify`, each copy is read back as it is made.
+            try await pass(.sequential, verifying: settings.verify)
             try await converge(verifying: settings.verify)
             phase = .verifying
         }
-        if phase == .verifying && settings.verify {
+        if phase == .verifying && settings.verify && fullVerify {
+            // Copies made before the restart are read back once more.
             setPhase(.verifying)
-            if fullVerify { try await pass(verifying: true, allRegions: true) }
+            try await pass(.verifyAll, verifying: true)
             try await converge(verifying: true)
         }
         try await switchOver()
@@ -311,11 +315,28 @@ public final class RelocationPump: RelocationTap, Sendable {
         case failed(String)
     }
 
-    /// Copies (or verifies) regions with the governor's concurrency and pace. `allRegions`: every region in order
-    /// once (verify); otherwise the sequential pass then whatever is dirty, until nothing is left to start.
-    private func pass(verifying: Bool, allRegions: Bool) async throws(PumpStop) {
+    /// What one pass does.
+    private enum PassMode {
+        /// The first pass: every region not started yet, in ascending order.
+        case sequential
+        /// Copies again the regions that were dirty when the round began (later ones wait for the next round, so
+        /// a round ends however fast the guest writes), lowest first.
+        case round(Set<Int>)
+        /// Reads every region back and compares it with what was copied there (a pump resumed from a checkpoint).
+        case verifyAll
+    }
+
+    /// How many regions the sequential pass reserves at a time: they are recorded as dirty before copies into them
+    /// start, so a `kill -9` before the next checkpoint leaves no region copied but unknown to the resumed pump.
+    private static let reserveRegions = 64
+
+    /// Runs `mode`'s copies (or verifications) with the governor's concurrency and pace; `unpaced` (guest writes
+    /// held) uses all of `maxInFlight` at once.
+    private func pass(_ mode: PassMode, verifying: Bool, unpaced: Bool = false) async throws(PumpStop) {
         let count = state.withLock { $0.tracker.regionCount }
         var cursor = 0
+        var remaining: [Int] = []
+        if case .round(let regions) = mode { remaining = regions.sorted(by: >) }
         let failure = await withTaskGroup(of: Void.self) { group -> PumpStop? in
             var running = 0
             while true {
@@ -327,14 +348,15 @@ public final class RelocationPump: RelocationTap, Sendable {
                     await group.waitForAll()
                     return .failed(failure)
                 }
-                let limit = await pace(bytes: 0).maxInFlight
+                let limit = unpaced ? settings.maxInFlight : await pace(bytes: 0).maxInFlight
                 while running >= max(1, limit) {
                     await group.next()
                     running -= 1
                 }
                 // What to do next.
                 let job: (region: Int, verifyOnly: Bool)? = state.withLock { state in
-                    if allRegions {
+                    switch mode {
+                    case .verifyAll:
                         while cursor < count
                             && (state.tracker.dirty.contains(cursor) || state.tracker.inFlight.contains(cursor))
                         {
@@ -343,9 +365,16 @@ public final class RelocationPump: RelocationTap, Sendable {
                         guard cursor < count else { return nil }
                         defer { cursor += 1 }
                         return (cursor, true)
+                    case .sequential:
+                        return state.tracker.nextInSequence.map { ($0, false) }
+                    case .round:
+                        while let region = remaining.popLast() {
+                            if state.tracker.dirty.contains(region) && !state.tracker.inFlight.contains(region) {
+                                return (region, false)
+                            }
+                        }
+                        return nil
                     }
-                    guard let region = state.tracker.nextRegion() else { return nil }
-                    return (region, false)
                 }
                 guard let job else {
                     if running > 0 {
@@ -355,8 +384,12 @@ public final class RelocationPump: RelocationTap, Sendable {
                     }
                     return nil
                 }
+                if case .sequential = mode, let failure = reserve(through: job.region) {
+                    await group.waitForAll()
+                    return .failed(failure)
+                }
                 let bytes = state.withLock { $0.tracker.range(of: job.region).count }
-                _ = await pace(bytes: bytes)
+                if !unpaced { _ = await pace(bytes: bytes) }
                 if job.verifyOnly {
                     group.addTask { await self.verify(job.region) }
                 } else {
@@ -365,34 +398,71 @@ public final class RelocationPump: RelocationTap, Sendable {
                     group.addTask { await self.copy(job.region, prior: prior, verify: verifying) }
                 }
                 running += 1
-                await checkpointIfDue()
+                if !unpaced { await checkpointIfDue() }
             }
         }
         if let failure { throw failure }
-        await checkpoint()
+        if !unpaced { await checkpoint() }
     }
 
-    /// Copies the dirty regions again, round after round, until few enough are left to copy with writes held.
-    private func converge(verifying: Bool) async throws(PumpStop) {
-        var round = 0
-        while state.withLock({ $0.tracker.dirty.count }) > 8 << min(round, 4) {
-            try await pass(verifying: verifying, allRegions: false)
-            round += 1
+    /// Records the regions from `region` on as dirty (a block of `reserveRegions`) before the sequential pass
+    /// copies into them; nil, or why it could not.
+    private func reserve(through region: Int) -> String? {
+        storeLock.withLock { _ -> String? in
+            let block = state.withLock { state -> Range<Int>? in
+                guard region >= state.reservedThrough else { return nil }
+                let end = min(state.tracker.regionCount, region + Self.reserveRegions)
+                return region..<end
+            }
+            guard let block else { return nil }
+            do {
+                try store.addDirty(mountID: mountID, regions: block)
+            } catch {
+                return "cannot record the regions about to be copied: \(error)"
+            }
+            state.withLock { $0.reservedThrough = block.upperBound }
+            return nil
         }
     }
+
+    /// Copies the dirty regions again, round after round (each round takes the regions dirty when it begins), until
+    /// few enough are left to copy with the guest's writes held. A guest that dirties regions faster than the pump
+    /// copies them would keep it here for ever: after `maxRounds` rounds it switches over anyway, holding the
+    /// guest's writes for longer.
+    private func converge(verifying: Bool) async throws(PumpStop) {
+        let maxRounds = 12
+        var round = 0
+        var fewest = Int.max
+        while round < maxRounds {
+            let dirty = state.withLock { $0.tracker.dirty }
+            guard dirty.count > Self.switchThreshold(round: round) else { return }
+            // Rounds that no longer shrink the dirty set are not worth going on with.
+            if round >= 3 && dirty.count >= fewest { break }
+            fewest = min(fewest, dirty.count)
+            try await pass(.round(dirty), verifying: verifying)
+            round += 1
+        }
+        let left = state.withLock { $0.tracker.dirty.count }
+        logger.warning(
+            "the guest keeps writing faster than the relocation converges; switching over with its writes held",
+            metadata: ["mount": "\(mountID)", "dirtyRegions": "\(left)", "rounds": "\(round)"])
+    }
+
+    /// How many dirty regions may be left for the switchover (copied with writes held) after `round` rounds.
+    static func switchThreshold(round: Int) -> Int { 8 << min(round, 4) }
 
     /// Holds guest writes, copies and verifies what is still dirty, records completion, and switches the LUN.
     private func switchOver() async throws(PumpStop) {
         setPhase(.switching)
         await source.holdWrites()
         do {
-            while let region = state.withLock({ $0.tracker.nextDirty() }) {
-                if let stop = checkRequest() { throw stop }
-                guard let prior = begin(region) else { continue }
-                await copy(region, prior: prior, verify: true)
-                if let failure = state.withLock({ $0.consecutiveFailures >= 3 ? $0.lastFailure : nil }) {
-                    throw PumpStop.failed(failure)
-                }
+            var rounds = 0
+            while true {
+                let dirty = state.withLock { $0.tracker.dirty }
+                if dirty.isEmpty { break }
+                rounds += 1
+                if rounds > 5 { throw PumpStop.failed("regions still differ on the destination after 5 copies") }
+                try await pass(.round(dirty), verifying: true, unpaced: true)
             }
             do {
                 try await primary.device.flush()
@@ -598,6 +668,10 @@ public final class RelocationPump: RelocationTap, Sendable {
                 for range in uncommitted {
                     guard let regions = state.tracker.regions(touching: range) else { continue }
                     for region in regions where region < snapshot.nextSequential { snapshot.dirty.insert(region) }
+                }
+                // The reservation stays recorded: copies into it may start before the next checkpoint.
+                if snapshot.nextSequential < state.reservedThrough {
+                    snapshot.dirty.formUnion(snapshot.nextSequential..<state.reservedThrough)
                 }
                 state.record.nextSequential = snapshot.nextSequential
                 return (state.record, snapshot)

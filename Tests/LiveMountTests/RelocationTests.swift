@@ -4,6 +4,7 @@ import Foundation
 import LiveMount
 import NIOCore
 import Relocation
+import Synchronization
 import Testing
 
 /// The relocation pump on a live mount, in process: copy while the guest writes, verify, switch over, resume
@@ -133,6 +134,105 @@ struct RelocationTests {
         #expect(resumed.resumes == 1)
         #expect(resumed.bytesDone >= mid.bytesDone)
         try await Self.guestWrites(device2, count: 20, seed: 5, expected: &expected)
+        #expect(await service2.waitForStop(mountID: record2.id) == .completed)
+        #expect(try await Self.readAll(device2, size: expected.count) == expected)
+        #expect([UInt8](try Data(contentsOf: URL(fileURLWithPath: destination))) == expected)
+        await device2.close()
+    }
+
+    @Test("between checkpoints, every region the pump may have written is below the recorded position or dirty")
+    func reservationCoversCopies() async throws {
+        let fixture = try await Fixture.make()
+        let (record, device) = try await fixture.manager.mount(
+            target: "t", lun: 0, vm: "web01", backupID: nil, disk: nil, readOnly: false, origin: .api)
+        var settings = Self.settings(maxRateMiB: 4)
+        settings.regionBytes = 64 << 10
+        settings.checkpointSeconds = 3600
+        let service = RelocationService(mounts: fixture.manager, settings: settings, logger: quietLogger)
+        _ = try await service.start(record: record, device: device, to: fixture.scratch.path + "/primary.img")
+        var started = 0
+        for _ in 0..<100 where started < 8 {
+            try await Task.sleep(for: .milliseconds(50))
+            started = Int(try service.status(mountID: record.id).bytesDone / UInt64(settings.regionBytes))
+        }
+        let stored = try #require(try fixture.manager.relocations.record(mountID: record.id))
+        let dirty = try fixture.manager.relocations.regions(mountID: record.id).dirty
+        #expect(started >= 8)
+        #expect(stored.nextSequential < started, "no checkpoint was due")
+        for region in 0..<started {
+            #expect(region < stored.nextSequential || dirty.contains(region), "region \(region) is not recorded")
+        }
+        _ = try await service.cancel(mountID: record.id)
+        await device.close()
+    }
+
+    @Test("a guest that never stops writing does not keep the pump from converging and switching over")
+    func convergesUnderContinuousWrites() async throws {
+        let fixture = try await Fixture.make()
+        let (record, device) = try await fixture.manager.mount(
+            target: "t", lun: 0, vm: "web01", backupID: nil, disk: nil, readOnly: false, origin: .api)
+        var settings = Self.settings()
+        settings.regionBytes = 64 << 10
+        let service = RelocationService(mounts: fixture.manager, settings: settings, logger: quietLogger)
+        let destination = fixture.scratch.path + "/primary.img"
+        _ = try await service.start(record: record, device: device, to: destination)
+        // The guest writes 4 KiB all over the disk until the LUN is switched over, then a little more.
+        var expected = fixture.disk
+        var random: UInt64 = 0x9E37_79B9_7F4A_7C15
+        var writes = 0
+        var after = 0
+        while after < 20 {
+            if device.isRelocated { after += 1 }
+            random ^= random << 13
+            random ^= random >> 7
+            random ^= random << 17
+            let offset = Int(random % UInt64(expected.count / 4096)) * 4096
+            let bytes = pattern(4096, seed: random)
+            try await device.write(offset: UInt64(offset), data: ByteBuffer(bytes: bytes), fua: false)
+            expected.replaceSubrange(offset..<offset + 4096, with: bytes)
+            writes += 1
+            if writes % 16 == 0 { try await device.flush() }
+            try #require(writes < 200_000, "the relocation never switched over")
+        }
+        try await device.flush()
+        #expect(await service.waitForStop(mountID: record.id) == .completed)
+        #expect(try await Self.readAll(device, size: expected.count) == expected)
+        #expect([UInt8](try Data(contentsOf: URL(fileURLWithPath: destination))) == expected)
+        await device.close()
+    }
+
+    @Test("a reopened mount with an unfinished relocation holds guest writes until the pump is attached")
+    func writesWaitForResume() async throws {
+        let fixture = try await Fixture.make()
+        let (record, device) = try await fixture.manager.mount(
+            target: "t", lun: 0, vm: "web01", backupID: nil, disk: nil, readOnly: false, origin: .api)
+        let service = RelocationService(mounts: fixture.manager, settings: Self.settings(maxRateMiB: 8), logger: quietLogger)
+        let destination = fixture.scratch.path + "/primary.img"
+        var expected = fixture.disk
+        _ = try await service.start(record: record, device: device, to: destination)
+        try await Self.guestWrites(device, count: 20, seed: 8, expected: &expected)
+        try await Task.sleep(for: .milliseconds(100))
+        #expect(try service.status(mountID: record.id).bytesDone > 4096)
+        await service.shutdown()
+        await device.close()
+
+        let reopened = try await Fixture.reopen(
+            scratch: fixture.scratch, repository: fixture.repository, disk: fixture.disk)
+        let (record2, device2) = try #require(await reopened.manager.restoreAPIMounts().first)
+        // A write to a region the pump has already copied, before the relocation resumes: it must wait.
+        let bytes = pattern(4096, seed: 77)
+        expected.replaceSubrange(0..<4096, with: bytes)
+        let done = Mutex(false)
+        let written = Task {
+            try await device2.write(offset: 0, data: ByteBuffer(bytes: bytes), fua: true)
+            done.withLock { $0 = true }
+        }
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(!done.withLock { $0 }, "the write went through before the relocation resumed")
+        let service2 = RelocationService(mounts: reopened.manager, settings: Self.settings(), logger: quietLogger)
+        #expect(try service2.status(mountID: record2.id).phase == .copying)
+        await service2.resume(record: record2, device: device2)
+        try await written.value
         #expect(await service2.waitForStop(mountID: record2.id) == .completed)
         #expect(try await Self.readAll(device2, size: expected.count) == expected)
         #expect([UInt8](try Data(contentsOf: URL(fileURLWithPath: destination))) == expected)

@@ -77,6 +77,21 @@ struct RegionTrackerTests {
         #expect(tracker.nextRegion() == 3)
         #expect(tracker.bytesLeft == 2048)
     }
+
+    @Test("regions reserved past the checkpoint's position are unknown after a resume, and not counted twice")
+    func resumeWithReservation() {
+        // Copies into regions 4-7 may have started after the checkpoint at 4 (they were reserved as dirty):
+        // on a zeroed destination they are no longer assumed to read zeros.
+        let tracker = RegionTracker(
+            totalBytes: 10 * 1024, regionBytes: 1024, nextSequential: 4, dirty: [2, 4, 5, 6, 7],
+            content: [0: .data(crc: 1), 1: .zero, 3: .data(crc: 2)], destinationZeroed: true)
+        #expect(tracker.dirty == [2])
+        #expect(tracker.content[4...7].allSatisfy { $0 == .unknown })
+        #expect(tracker.content[8] == .zero && tracker.content[9] == .zero)
+        #expect(tracker.content[2] == .unknown && tracker.content[1] == .zero)
+        #expect(tracker.nextInSequence == 4)
+        #expect(tracker.bytesLeft == 7 * 1024)
+    }
 }
 
 @Suite("Guest load governor")
