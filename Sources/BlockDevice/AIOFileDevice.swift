@@ -270,6 +270,35 @@ public final class AIOFileDevice: BlockDevice {
         return Self.collect(operation, skip: Int(offset - start), length: length)
     }
 
+    /// Reads `[offset, offset + length)` and hands the bytes to `body` where they landed (the bounce buffers, in
+    /// order), without copying them into a `ByteBuffer`: for checksums and comparisons.
+    public func inspect<T: Sendable>(
+        offset: UInt64, length: Int, _ body: @escaping @Sendable ([UnsafeRawBufferPointer]) -> T
+    ) async throws(BlockDeviceError) -> T {
+        try checkRange(offset: offset, length: length)
+        guard length > 0 else { return body([]) }
+        try checkOpen()
+        let (operation, start) = try makeReadOperation(offset: offset, length: length)
+        let outcome = await engine.perform(operation)
+        defer { release(operation) }
+        if let error = Self.error(for: outcome, writing: false, path: path) { throw error }
+        var pieces: [UnsafeRawBufferPointer] = []
+        var skip = Int(offset - start)
+        var wanted = length
+        for segment in operation.segments where wanted > 0 {
+            guard let buffer = segment.buffer else { continue }
+            if skip >= segment.length {
+                skip -= segment.length
+                continue
+            }
+            let count = min(segment.length - skip, wanted)
+            pieces.append(UnsafeRawBufferPointer(start: buffer.address + skip, count: count))
+            wanted -= count
+            skip = 0
+        }
+        return body(pieces)
+    }
+
     /// The callback form of `read`: the iocbs carry `completion`, which runs on
     /// the I/O thread as soon as the last one completes (no task, no executor
     /// hop). Returns false only for a request `read` would refuse (out of

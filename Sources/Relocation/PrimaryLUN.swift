@@ -12,4 +12,16 @@ public protocol PrimaryLUN: AnyObject, Sendable {
     func close() async
 }
 
+extension PrimaryLUN {
+    /// Reads `[offset, offset + length)` back and hands its bytes to `body` (in pieces, in order), for the pump's
+    /// verification: a file or block device lends its O_DIRECT buffers, with no copy into a `ByteBuffer`.
+    func inspect<T: Sendable>(
+        offset: UInt64, length: Int, _ body: @escaping @Sendable ([UnsafeRawBufferPointer]) -> T
+    ) async throws(BlockDeviceError) -> T {
+        if let file = device as? AIOFileDevice { return try await file.inspect(offset: offset, length: length, body) }
+        let data = try await device.read(offset: offset, length: length)
+        return data.withUnsafeReadableBytes { body([$0]) }
+    }
+}
+
 extension RelocationDestination: PrimaryLUN {}

@@ -589,11 +589,17 @@ public final class RelocationPump: RelocationTap, Sendable {
     private func matches(_ region: Int, range: Range<UInt64>, content: RegionContent) async throws(BlockDeviceError)
         -> Bool
     {
-        let data = try await primary.device.read(offset: range.lowerBound, length: Int(range.count))
         switch content {
-        case .unknown: return false
-        case .zero: return Self.isZero(data)
-        case .data(let crc): return Self.crc(data) == crc
+        case .unknown:
+            return false
+        case .zero:
+            return try await primary.inspect(offset: range.lowerBound, length: Int(range.count)) { pieces in
+                pieces.allSatisfy(Self.isZero)
+            }
+        case .data(let crc):
+            return try await primary.inspect(offset: range.lowerBound, length: Int(range.count)) { pieces in
+                pieces.reduce(UInt32(0)) { livemount_crc32c_update($0, $1.baseAddress, $1.count) } == crc
+            }
         }
     }
 
@@ -746,19 +752,21 @@ public final class RelocationPump: RelocationTap, Sendable {
     // MARK: - Bytes
 
     static func isZero(_ buffer: ByteBuffer) -> Bool {
-        buffer.withUnsafeReadableBytes { raw in
-            var index = 0
-            let count = raw.count
-            while index + 8 <= count {
-                if raw.loadUnaligned(fromByteOffset: index, as: UInt64.self) != 0 { return false }
-                index += 8
-            }
-            while index < count {
-                if raw[index] != 0 { return false }
-                index += 1
-            }
-            return true
+        buffer.withUnsafeReadableBytes(isZero)
+    }
+
+    static func isZero(_ raw: UnsafeRawBufferPointer) -> Bool {
+        var index = 0
+        let count = raw.count
+        while index + 8 <= count {
+            if raw.loadUnaligned(fromByteOffset: index, as: UInt64.self) != 0 { return false }
+            index += 8
         }
+        while index < count {
+            if raw[index] != 0 { return false }
+            index += 1
+        }
+        return true
     }
 
     static func crc(_ buffer: ByteBuffer) -> UInt32 {

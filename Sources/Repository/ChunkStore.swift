@@ -256,21 +256,27 @@ struct ChunkStore: Sendable {
         guard size <= maximumSize else {
             throw ChunkReadError(.corrupt, chunk: id, "file \(file) is \(size) bytes, more than a chunk can take")
         }
-        var bytes = [UInt8](repeating: 0, count: size)
-        var done = 0
-        while done < size {
-            let count = bytes.withUnsafeMutableBytes { raw -> Int in
-                guard let base = raw.baseAddress else { return 0 }
-                return pread(fd, base + done, size - done, off_t(done))
+        // Filled by pread straight away: no zeroing first, and no second copy (a file that shrank meanwhile
+        // gives the bytes it had; the decoder then finds the length wrong).
+        var failure: Int32 = 0
+        let bytes = [UInt8](unsafeUninitializedCapacity: size) { buffer, initialized in
+            var done = 0
+            while done < size, let base = buffer.baseAddress {
+                let count = pread(fd, base + done, size - done, off_t(done))
+                if count < 0 && errno == EINTR { continue }
+                guard count >= 0 else {
+                    failure = errno
+                    break
+                }
+                if count == 0 { break }
+                done += count
             }
-            if count < 0 && errno == EINTR { continue }
-            guard count >= 0 else {
-                throw ChunkReadError(.ioError, chunk: id, "read \(file): \(String(cString: strerror(errno)))")
-            }
-            if count == 0 { break }
-            done += count
+            initialized = done
         }
-        return Array(bytes.prefix(done))
+        guard failure == 0 else {
+            throw ChunkReadError(.ioError, chunk: id, "read \(file): \(String(cString: strerror(failure)))")
+        }
+        return bytes
     }
 
     /// Makes every chunk file written so far durable: one `syncfs(2)` of the repository's file system.
