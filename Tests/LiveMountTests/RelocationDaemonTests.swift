@@ -383,12 +383,12 @@ struct RelocationControl: Sendable {
 
     /// Polls the status (every 20 ms) until its phase is one of `phases`, and returns that phase. Stops early on
     /// `failed` (returned, so the caller's expectation shows it) and on a daemon that died. The poll count is a
-    /// guard against a hang (about 2 minutes), not a timing assertion.
+    /// guard against a hang (about 6 minutes: CI runs every suite at once on two cores), not a timing assertion.
     func waitForPhase(
         in phases: Set<RelocationPhase>, daemon: ManagedDaemon, observe: (RelocationPhase) -> Void = { _ in }
     ) async throws -> RelocationPhase {
         var last: RelocationStatus?
-        for _ in 0..<6_000 {
+        for _ in 0..<18_000 {
             guard daemon.process.isRunning else { throw DaemonFailure("livemountd exited") }
             last = try await status()
             if let phase = last?.phase {
@@ -475,9 +475,9 @@ final class GuestWriter: @unchecked Sendable {
     /// Asks the guest to stop after its current operation is acknowledged.
     func requestStop() { lock.withLock { stopRequested = true } }
 
-    /// Waits (polling) until `count` operations have been acknowledged; a guard stops a hang (about 3 minutes).
+    /// Waits (polling) until `count` operations have been acknowledged; a guard stops a hang (about 6 minutes).
     func waitForOperations(_ count: Int) async throws {
-        for _ in 0..<9_000 {
+        for _ in 0..<18_000 {
             if operations >= count { return }
             try await Task.sleep(for: .milliseconds(20))
         }
