@@ -112,7 +112,7 @@ public final class RelocationPump: RelocationTap, Sendable {
             return true
         }
         guard go else { return }
-        Task { await self.run() }
+        Task(executorPreference: PumpExecutor.shared) { await self.run() }
     }
 
     /// Pauses between copies; a checkpoint records where. Returns the status once paused.
