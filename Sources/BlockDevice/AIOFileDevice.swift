@@ -283,19 +283,7 @@ public final class AIOFileDevice: BlockDevice {
         defer { release(operation) }
         if let error = Self.error(for: outcome, writing: false, path: path) { throw error }
         var pieces: [UnsafeRawBufferPointer] = []
-        var skip = Int(offset - start)
-        var wanted = length
-        for segment in operation.segments where wanted > 0 {
-            guard let buffer = segment.buffer else { continue }
-            if skip >= segment.length {
-                skip -= segment.length
-                continue
-            }
-            let count = min(segment.length - skip, wanted)
-            pieces.append(UnsafeRawBufferPointer(start: buffer.address + skip, count: count))
-            wanted -= count
-            skip = 0
-        }
+        Self.forEachPiece(of: operation, skip: Int(offset - start), length: length) { pieces.append($0) }
         return body(pieces)
     }
 
@@ -346,6 +334,15 @@ public final class AIOFileDevice: BlockDevice {
     /// buffers, into a new `ByteBuffer`.
     private static func collect(_ operation: AIOOperation, skip: Int, length: Int) -> ByteBuffer {
         var result = ByteBufferAllocator().buffer(capacity: length)
+        forEachPiece(of: operation, skip: skip, length: length) { result.writeBytes($0) }
+        return result
+    }
+
+    /// Calls `body` with the `length` bytes from `skip` bytes into a finished read's bounce buffers, piece by
+    /// piece, in order.
+    private static func forEachPiece(
+        of operation: AIOOperation, skip: Int, length: Int, _ body: (UnsafeRawBufferPointer) -> Void
+    ) {
         var skip = skip
         var wanted = length
         for segment in operation.segments where wanted > 0 {
@@ -355,11 +352,10 @@ public final class AIOFileDevice: BlockDevice {
                 continue
             }
             let count = min(segment.length - skip, wanted)
-            result.writeBytes(UnsafeRawBufferPointer(start: buffer.address + skip, count: count))
+            body(UnsafeRawBufferPointer(start: buffer.address + skip, count: count))
             wanted -= count
             skip = 0
         }
-        return result
     }
 
     /// Without O_DIRECT, data already in the page cache is copied out at once
