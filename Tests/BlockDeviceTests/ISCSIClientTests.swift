@@ -140,7 +140,7 @@ struct ISCSIClientTests {
     func basicCommands() throws {
         let target = try TGTFixture()
         defer { target.stop() }
-        let client = ISCSIClient(timeoutSeconds: 10)
+        let client = ISCSIClient(timeoutSeconds: 30)
         try client.connect(url: target.url, initiatorName: initiatorName)
         #expect(client.isLoggedIn)
         #expect(client.targetName == target.targetName)
@@ -173,7 +173,7 @@ struct ISCSIClientTests {
     func genericExecute() throws {
         let target = try TGTFixture()
         defer { target.stop() }
-        let client = ISCSIClient(timeoutSeconds: 10)
+        let client = ISCSIClient(timeoutSeconds: 30)
         try client.connect(url: target.url, initiatorName: initiatorName)
 
         // WRITE (10) of two blocks at LBA 8, then READ (10) of them (SBC-4 §5.39, §5.15).
@@ -211,13 +211,13 @@ struct ISCSIClientTests {
         defer { target.stop() }
 
         #expect(throws: ISCSIClientError.self) {
-            try ISCSIClient(timeoutSeconds: 10).connect(url: target.url, initiatorName: initiatorName)
+            try ISCSIClient(timeoutSeconds: 30).connect(url: target.url, initiatorName: initiatorName)
         }
         #expect(throws: ISCSIClientError.self) {
-            try ISCSIClient(timeoutSeconds: 10).connect(
+            try ISCSIClient(timeoutSeconds: 30).connect(
                 url: target.url, initiatorName: initiatorName, chap: ("alice", "wrong-secret-x"))
         }
-        let client = ISCSIClient(timeoutSeconds: 10)
+        let client = ISCSIClient(timeoutSeconds: 30)
         try client.connect(
             url: target.url, initiatorName: initiatorName, chap: ("alice", "secret-of-alice"),
             mutualChap: ("target", "secret-of-target"), headerDigest: true)
@@ -225,7 +225,7 @@ struct ISCSIClientTests {
         try client.logout()
 
         // Credentials in the URL (user%password@host).
-        let urlClient = ISCSIClient(timeoutSeconds: 10)
+        let urlClient = ISCSIClient(timeoutSeconds: 30)
         try urlClient.connect(
             url: target.url.replacingOccurrences(of: "iscsi://", with: "iscsi://alice%secret-of-alice@"),
             initiatorName: initiatorName)
@@ -289,7 +289,7 @@ struct ISCSIClientTests {
     func writeProtectedLUN() async throws {
         let target = try TGTFixture(readOnly: true)
         defer { target.stop() }
-        let client = ISCSIClient(timeoutSeconds: 10)
+        let client = ISCSIClient(timeoutSeconds: 30)
         try client.connect(url: target.url, initiatorName: initiatorName)
         #expect {
             try client.write(lba: 0, data: [UInt8](repeating: 1, count: 512))

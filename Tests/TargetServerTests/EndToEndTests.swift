@@ -27,7 +27,7 @@ struct EndToEndTests {
         defer { Task { await target.stop() } }
         let data = pattern(1 << 20, seed: 1)
         let (capacity, back) = try await onThread {
-            let client = ISCSIClient(timeoutSeconds: 10)
+            let client = ISCSIClient(timeoutSeconds: 30)
             try client.connect(url: target.url(), initiatorName: Self.initiator)
             let capacity = try client.readCapacity16()
             try client.write(lba: 100, data: data)
@@ -47,7 +47,7 @@ struct EndToEndTests {
         defer { Task { await target.stop() } }
         let data = pattern(300 * 512, seed: 2)
         let back = try await onThread {
-            let client = ISCSIClient(timeoutSeconds: 10)
+            let client = ISCSIClient(timeoutSeconds: 30)
             try client.connect(url: target.url(), initiatorName: Self.initiator, headerDigest: true)
             try client.write(lba: 7, data: data)
             return try client.read(lba: 7, blocks: 300)
@@ -63,7 +63,7 @@ struct EndToEndTests {
             for session in 0..<8 {
                 group.addTask {
                     try await onThread {
-                        let client = ISCSIClient(timeoutSeconds: 20)
+                        let client = ISCSIClient(timeoutSeconds: 30)
                         try client.connect(url: target.url(), initiatorName: Self.initiator + "-\(session)")
                         var ok = true
                         for round in 0..<20 {
@@ -98,7 +98,7 @@ struct EndToEndTests {
         let target = try await TestTarget.start(luns: [0: (2048, false), 1: (2048, true)])
         defer { Task { await target.stop() } }
         let error = try await onThread { () -> ISCSIClientError? in
-            let client = ISCSIClient(timeoutSeconds: 10)
+            let client = ISCSIClient(timeoutSeconds: 30)
             try client.connect(url: target.url(lun: 1), initiatorName: Self.initiator)
             _ = try client.read(lba: 0, blocks: 8)
             do {

@@ -79,9 +79,14 @@ final class RawConnection: @unchecked Sendable {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
         guard rc == 0 else { throw TargetServerError("connect failed: errno \(errno)") }
-        var timeout = timeval(tv_sec: 5, tv_usec: 0)
+        var timeout = timeval(tv_sec: RawConnection.patience, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
     }
+
+    /// How long `receive` waits for the target before reporting `.timedOut`. The
+    /// target answers, pings or closes within about a second; CI runs every suite
+    /// at once on two cores, so the wait is generous (a passing test never waits it out).
+    static let patience = 30
 
     deinit { close(fd) }
 
@@ -139,7 +144,7 @@ final class RawConnection: @unchecked Sendable {
         var short = timeval(tv_sec: seconds, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &short, socklen_t(MemoryLayout<timeval>.size))
         defer {
-            var normal = timeval(tv_sec: 5, tv_usec: 0)
+            var normal = timeval(tv_sec: RawConnection.patience, tv_usec: 0)
             setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &normal, socklen_t(MemoryLayout<timeval>.size))
         }
         return receive()
