@@ -205,7 +205,9 @@ let package = Package(
         // MARK: - Tests
         .testTarget(
             name: "ISCSIProtocolTests",
-            dependencies: ["ISCSIProtocol", "ISCSIFuzzHarness", .product(name: "NIOCore", package: "swift-nio")],
+            dependencies: [
+                "ISCSIProtocol", "ISCSIFuzzHarness", "CCRC32C", .product(name: "NIOCore", package: "swift-nio"),
+            ],
             resources: [.copy("FuzzRegressions")]
         ),
         .testTarget(

@@ -96,68 +96,75 @@ enum ChunkFileFormat {
 
     /// Decodes and verifies a chunk file: the header, the plaintext length (`length`), and the CRC32C or the
     /// SHA-256 (`id`) as `check` asks (version 1 files are always checked with SHA-256). Any mismatch is
-    /// `.corrupt`, naming what did not match.
-    static func decode(_ file: [UInt8], id: ChunkID, length: Int, check: Check = .crc32c) throws(ChunkReadError)
-        -> ByteBuffer
+    /// `.corrupt`, naming what did not match. The file is held in `buffer`; a raw payload is returned as a
+    /// slice of it (no copy).
+    static func decode(_ buffer: ByteBuffer, id: ChunkID, length: Int, check: Check = .crc32c)
+        throws(ChunkReadError) -> ByteBuffer
     {
-        guard file.count >= version1HeaderSize, Array(file[0..<4]) == magic else {
+        let file = buffer.readableBytesView
+        guard file.count >= version1HeaderSize, file.prefix(4).elementsEqual(magic) else {
             throw ChunkReadError(.corrupt, chunk: id, "bad header (\(file.count) bytes, no LMCK magic)")
         }
+        let base = file.startIndex
         let headerSize: Int
         var expectedCRC: UInt32?
-        switch file[4] {
+        switch file[base + 4] {
         case 1:
             headerSize = version1HeaderSize
         case version where file.count >= Self.headerSize:
             headerSize = Self.headerSize
-            expectedCRC = file[16..<20].reversed().reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
-            guard file[24..<32].elementsEqual(id.bytes[0..<8]) else {
+            expectedCRC = file[(base + 16)..<(base + 20)].reversed().reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
+            guard file[(base + 24)..<(base + 32)].elementsEqual(id.bytes[0..<8]) else {
                 throw ChunkReadError(.corrupt, chunk: id, "the file holds another chunk (name prefix differs)")
             }
         default:
-            throw ChunkReadError(.corrupt, chunk: id, "unknown format version \(file[4]) or short header")
+            throw ChunkReadError(.corrupt, chunk: id, "unknown format version \(file[base + 4]) or short header")
         }
-        guard let codec = Codec(rawValue: file[5]) else {
-            throw ChunkReadError(.corrupt, chunk: id, "unknown codec \(file[5])")
+        guard let codec = Codec(rawValue: file[base + 5]) else {
+            throw ChunkReadError(.corrupt, chunk: id, "unknown codec \(file[base + 5])")
         }
-        let stored = file[8..<16].reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        let stored = file[(base + 8)..<(base + 16)].reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
         guard stored == UInt64(length) else {
             throw ChunkReadError(.corrupt, chunk: id, "plaintext length \(stored), expected \(length)")
         }
-        var buffer = ByteBufferAllocator().buffer(capacity: length)
+        let plaintext: ByteBuffer
         switch codec {
         case .raw:
-            guard file.count - headerSize == length else {
+            guard file.count - headerSize == length,
+                let slice = buffer.getSlice(at: buffer.readerIndex + headerSize, length: length)
+            else {
                 throw ChunkReadError(
                     .corrupt, chunk: id, "raw payload of \(file.count - headerSize) bytes, expected \(length)")
             }
-            buffer.writeBytes(file[headerSize...])
+            plaintext = slice
         case .zstd:
-            let produced = file.withUnsafeBytes { raw -> Int in
+            var out = ByteBufferAllocator().buffer(capacity: length)
+            let produced = buffer.withUnsafeReadableBytes { raw -> Int in
                 let payload = UnsafeRawBufferPointer(rebasing: raw[headerSize...])
-                return buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { out in
-                    let result = ZSTD_decompress(out.baseAddress, length, payload.baseAddress, payload.count)
+                return out.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { target in
+                    let result = ZSTD_decompress(target.baseAddress, length, payload.baseAddress, payload.count)
                     return ZSTD_isError(result) != 0 ? 0 : result
                 }
             }
             guard produced == length else {
                 throw ChunkReadError(.corrupt, chunk: id, "zstd payload does not decompress to \(length) bytes")
             }
+            plaintext = out
         }
         if check == .crc32c, let expectedCRC {
-            let crc = buffer.withUnsafeReadableBytes { crc32c($0) }
+            let crc = plaintext.withUnsafeReadableBytes { crc32c($0) }
             guard crc == expectedCRC else {
                 throw ChunkReadError(
                     .corrupt, chunk: id,
                     "plaintext CRC32C \(String(crc, radix: 16)), header says \(String(expectedCRC, radix: 16))")
             }
-            return buffer
+            return plaintext
         }
-        let digest = buffer.withUnsafeReadableBytes { chunkDigest($0) }
+        let digest = plaintext.withUnsafeReadableBytes { chunkDigest($0) }
         guard digest == id else {
             throw ChunkReadError(.corrupt, chunk: id, "plaintext hashes to \(digest.hex)")
         }
-        return buffer
+        return plaintext
     }
 }
 
@@ -239,7 +246,7 @@ struct ChunkStore: Sendable {
     }
 
     /// Reads the whole file of chunk `id` (synchronously; callers run this off the cooperative pool).
-    func readFile(_ id: ChunkID, maximumSize: Int) throws(ChunkReadError) -> [UInt8] {
+    func readFile(_ id: ChunkID, maximumSize: Int) throws(ChunkReadError) -> ByteBuffer {
         let file = path(of: id)
         let fd = open(file, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else {
@@ -257,9 +264,11 @@ struct ChunkStore: Sendable {
             throw ChunkReadError(.corrupt, chunk: id, "file \(file) is \(size) bytes, more than a chunk can take")
         }
         // Filled by pread straight away: no zeroing first, and no second copy (a file that shrank meanwhile
-        // gives the bytes it had; the decoder then finds the length wrong).
+        // gives the bytes it had; the decoder then finds the length wrong). A raw chunk is served as a slice
+        // of this buffer.
         var failure: Int32 = 0
-        let bytes = [UInt8](unsafeUninitializedCapacity: size) { buffer, initialized in
+        var bytes = ByteBufferAllocator().buffer(capacity: size)
+        bytes.writeWithUnsafeMutableBytes(minimumWritableBytes: size) { buffer in
             var done = 0
             while done < size, let base = buffer.baseAddress {
                 let count = pread(fd, base + done, size - done, off_t(done))
@@ -271,7 +280,7 @@ struct ChunkStore: Sendable {
                 if count == 0 { break }
                 done += count
             }
-            initialized = done
+            return done
         }
         guard failure == 0 else {
             throw ChunkReadError(.ioError, chunk: id, "read \(file): \(String(cString: strerror(failure)))")
