@@ -8,10 +8,12 @@
 # (a) Idle guest. A DISK_MIB (default 2048) disk of realistic content (per 1 MiB chunk: random data, zeros,
 #     repeats of earlier chunks, compressible text; see tools/bench/relocate/make-disk.py) is backed up with
 #     `livemount backup create` and live-mounted by livemountd (release build, cache CACHE_MIB, default 1024,
-#     cold); the mount is relocated to a new file on the same file system through the control API
-#     (POST /v1/mounts/T/L/relocation) and timed from the request to phase `completed` (copy, verify and
-#     switch), and to the end of the copy phase. Against: `dd if=<raw image> of=<new file> bs=1M
-#     oflag=direct conv=fsync`, run before and after the relocation (mean). The destination is then compared
+#     cold, configured by a generated TOML file); the mount is relocated to a new file on the same file
+#     system through the control API (POST /v1/mounts/T/L/relocation) and timed from the request to phase
+#     `completed` (copy, verify and switch): once with `[relocation] verify = true` (the default: every
+#     region is read back from the destination) and once with `verify = false`. Against: `dd if=<raw image>
+#     of=<new file> bs=1M oflag=direct conv=fsync`, run first and last (mean), and, as the peer of the
+#     verifying pump, that dd followed by an O_DIRECT read of the whole copy. Each destination is compared
 #     with the raw image (cmp). Goal: relocation rate >= 0.90 x dd's.
 # (b) Busy guest. A fresh mount; a guest doing 4 KiB random reads over the first quarter of the disk at IOPS
 #     (default 2000, queue depth 1, think time between reads) for SECONDS (default 20): one warm-up pass,
@@ -60,14 +62,32 @@ call() { # METHOD URL [BODY] → response body; fails on HTTP >= 400
 }
 field() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get(sys.argv[1]))' "$1"; }
 
-start_daemon() { # fresh cache and mount state each time: a cold live mount of the backup
+start_daemon() { # [VERIFY] — fresh cache and mount state each time: a cold live mount of the backup
+  local verify=${1:-true}
   rm -f "$work/cache.img" "$work/cache.img.index"* "$work/d.out"
   rm -rf "$work/state"
   mkdir -p "$work/state"
   port=$(free_port)
-  "$bindir/livemountd" --listen "127.0.0.1:$port" --target "$iqn" --repo "$work/repo" \
-    --cache "$work/cache.img,${cache}M" --state-dir "$work/state" --lun "0=backup:relbench" \
-    --log-level warning >"$work/d.out" 2>>"$work/d.err" &
+  cat >"$work/livemount.toml" <<TOML
+[daemon]
+state_dir = "$work/state"
+log_level = "warning"
+[[portals]]
+listen = "127.0.0.1:$port"
+[repository]
+path = "$work/repo"
+[cache]
+path = "$work/cache.img"
+size = "${cache}M"
+[relocation]
+verify = $verify
+[[targets]]
+name = "$iqn"
+  [[targets.luns]]
+  lun = 0
+  backup = "relbench"
+TOML
+  "$bindir/livemountd" --config "$work/livemount.toml" >"$work/d.out" 2>>"$work/d.err" &
   daemon=$!
   for _ in $(seq 1 600); do grep -q listening "$work/d.out" 2>/dev/null && break; sleep 0.1; done
   grep -q listening "$work/d.out" || { cat "$work/d.err" >&2; exit 1; }
@@ -93,24 +113,39 @@ dd_run() { # → seconds of one dd of the raw image to a new file with O_DIRECT 
   rm -f "$work/dd.img"
   python3 -c "print($t1 - $t0)"
 }
-echo "(a) dd, relocation with an idle guest, dd" >&2
+readback_run() { # → seconds of dd writing the image (as dd_run) and then reading it back with O_DIRECT
+  rm -f "$work/dd.img"
+  local t0 t1
+  t0=$(now)
+  dd if="$work/disk.img" of="$work/dd.img" bs=1M oflag=direct conv=fsync status=none
+  dd if="$work/dd.img" of=/dev/null bs=1M iflag=direct status=none
+  t1=$(now)
+  rm -f "$work/dd.img"
+  python3 -c "print($t1 - $t0)"
+}
+relocate_run() { # VERIFY → "SECONDS_TO_COMPLETED SECONDS_TO_END_OF_COPY IDENTICAL STATUS_JSON"
+  start_daemon "$1"
+  local t0 t1 copy_end="" phase status same
+  t0=$(now)
+  call POST "$api" "{\"to\":\"$work/primary.img\"}" >/dev/null
+  while :; do
+    status=$(call GET "$api")
+    phase=$(field phase <<<"$status")
+    [ -z "$copy_end" ] && [ "$phase" != copying ] && copy_end=$(now)
+    case $phase in completed) break ;; failed | cancelled) echo "relocation $phase: $status" >&2; exit 1 ;; esac
+    sleep 0.05
+  done
+  t1=$(now)
+  stop_daemon
+  same=$(cmp -s "$work/disk.img" "$work/primary.img" && echo identical || echo DIFFERENT)
+  rm -f "$work/primary.img"
+  echo "$(python3 -c "print($t1 - $t0, $copy_end - $t0)") $same $status"
+}
+echo "(a) dd, relocation (verify on), dd with read-back, relocation (verify off), dd" >&2
 dd1=$(dd_run)
-start_daemon
-t0=$(now)
-call POST "$api" "{\"to\":\"$work/primary.img\"}" >/dev/null
-copy_end=""; phase=copying
-while :; do
-  status=$(call GET "$api")
-  phase=$(field phase <<<"$status")
-  [ -z "$copy_end" ] && [ "$phase" != copying ] && copy_end=$(now)
-  case $phase in completed) break ;; failed | cancelled) echo "relocation $phase: $status" >&2; exit 1 ;; esac
-  sleep 0.05
-done
-t1=$(now)
-astatus=$status
-stop_daemon
-same=$(cmp -s "$work/disk.img" "$work/primary.img" && echo identical || echo DIFFERENT)
-rm -f "$work/primary.img"
+ron=$(relocate_run true)
+rb=$(readback_run)
+roff=$(relocate_run false)
 dd2=$(dd_run)
 
 # --- (b) busy guest: 4 KiB random reads, p50/p99 without and with the pump -----------------------------------
@@ -129,25 +164,29 @@ sleep 1
 b3=$(replay)
 stop_daemon
 
-python3 - "$bytes" "$dd1" "$dd2" "$t0" "$copy_end" "$t1" "$same" "$astatus" "$b1" "$b2" "$b3" "$p0" "$p1" \
-  "$iops" "$seconds" <<'PY'
+python3 - "$bytes" "$dd1" "$dd2" "$rb" "$ron" "$roff" "$b1" "$b2" "$b3" "$p0" "$p1" "$iops" "$seconds" <<'PY'
 import json, sys
 a = sys.argv[1:]
 size = int(a[0]); mib = size / 1048576
-dd1, dd2, t0, copy_end, t1 = (float(x) for x in a[1:6])
-same, st = a[6], json.loads(a[7])
-b1, b2, b3, p0, p1 = (json.loads(x) for x in a[8:13])
-iops, seconds = a[13], a[14]
+dd1, dd2, rb = (float(x) for x in a[1:4])
+def run(text):
+    total, copy, same, status = text.split(" ", 3)
+    return float(total), float(copy), same, json.loads(status)
+ron, roff = run(a[4]), run(a[5])
+b1, b2, b3, p0, p1 = (json.loads(x) for x in a[6:11])
+iops, seconds = a[11], a[12]
 dd_rate = mib / ((dd1 + dd2) / 2)
-total, copy = t1 - t0, copy_end - t0
-print(f"(a) idle guest, {mib:.0f} MiB disk ({st.get('bytesZero', 0) / 1048576:.0f} MiB skipped as zero by the pump)")
-print(f"{'method':40} {'seconds':>9} {'MiB/s':>9}")
-print(f"{'dd bs=1M oflag=direct conv=fsync (1)':40} {dd1:9.2f} {mib / dd1:9.1f}")
-print(f"{'dd bs=1M oflag=direct conv=fsync (2)':40} {dd2:9.2f} {mib / dd2:9.1f}")
-print(f"{'relocation, copy phase':40} {copy:9.2f} {mib / copy:9.1f}")
-print(f"{'relocation, request to completed':40} {total:9.2f} {mib / total:9.1f}")
-print(f"relocation/dd = {mib / total / dd_rate:.2f} (to completed), {mib / copy / dd_rate:.2f} (copy phase)  "
-      f"(goal >= 0.90); destination vs raw image: {same}")
+print(f"(a) idle guest, {mib:.0f} MiB disk ({ron[3].get('bytesZero', 0) / 1048576:.0f} MiB skipped as zero by the pump)")
+print(f"{'method':52} {'seconds':>9} {'MiB/s':>9}")
+print(f"{'dd bs=1M oflag=direct conv=fsync (1)':52} {dd1:9.2f} {mib / dd1:9.1f}")
+print(f"{'dd bs=1M oflag=direct conv=fsync (2)':52} {dd2:9.2f} {mib / dd2:9.1f}")
+print(f"{'dd, then read back (iflag=direct)':52} {rb:9.2f} {mib / rb:9.1f}")
+for name, r in (("verify on (default)", ron), ("verify off", roff)):
+    print(f"{'relocation, ' + name + ', request to completed':52} {r[0]:9.2f} {mib / r[0]:9.1f}")
+print(f"relocation/dd = {mib / ron[0] / dd_rate:.2f} verify on, {mib / roff[0] / dd_rate:.2f} verify off  (goal >= 0.90)")
+print(f"relocation with verify / dd with read-back = {rb / ron[0]:.2f}")
+print(f"destination vs raw image: {ron[2]} (verify on), {roff[2]} (verify off)")
+same = "identical" if ron[2] == roff[2] == "identical" else "DIFFERENT"
 print()
 print(f"(b) guest: 4 KiB random reads, {iops} IOPS target, QD1, {seconds} s per run")
 print(f"{'run':26} {'reads':>7} {'IOPS':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
