@@ -72,10 +72,18 @@ public struct ControlRequest: Sendable {
 public struct ControlResponse: Sendable {
     public var status: Int
     public var body: [UInt8]
+    /// The body's media type (JSON unless a route says otherwise, as `GET /metrics` does).
+    public var contentType: String
 
-    public init(status: Int, body: [UInt8]) {
+    public init(status: Int, body: [UInt8], contentType: String = "application/json") {
         self.status = status
         self.body = body
+        self.contentType = contentType
+    }
+
+    /// A body in the Prometheus text exposition format (version 0.0.4).
+    public static func prometheus(_ body: [UInt8]) -> ControlResponse {
+        ControlResponse(status: 200, body: body, contentType: "text/plain; version=0.0.4; charset=utf-8")
     }
 
     /// A JSON body encoded from `value` (sorted keys, so output is stable).
@@ -212,7 +220,7 @@ private final class ControlHTTPHandler: ChannelInboundHandler, RemovableChannelH
 
     private func respond(_ response: ControlResponse, context: ChannelHandlerContext) {
         var headers = HTTPHeaders()
-        headers.add(name: "Content-Type", value: "application/json")
+        headers.add(name: "Content-Type", value: response.contentType)
         headers.add(name: "Content-Length", value: "\(response.body.count)")
         headers.add(name: "Connection", value: "close")
         let head = HTTPResponseHead(

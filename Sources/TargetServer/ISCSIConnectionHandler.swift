@@ -57,6 +57,8 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
         var aborted = false
         /// Continuations to run when the task ends (a pending TMF waits on it).
         var onEnd: [() -> Void] = []
+        /// When its SCSI Command PDU arrived (for the LUN's latency histogram).
+        let received = NIODeadline.now()
 
         init(itt: UInt32, lun: UInt64, command: SCSICommandPDU?, inWindow: Bool) {
             self.itt = itt
@@ -78,6 +80,8 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
     private var window = CommandWindow(initialCmdSN: 0, size: 1)
     private var parameters: ConnectionParameters?
     private var target: TargetRuntime?
+    /// The per-LUN metrics of the LUNs this connection has used.
+    private var lunMetrics: [UInt64: LUNMetrics] = [:]
     private var nexus: ITNexus?
     private var sessionKey: SessionRegistry.Key?
     private var tasks: [UInt32: TaskState] = [:]
@@ -601,6 +605,21 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
         }
         sendResult(result, for: command, params: params)
         if !inChannelRead { scheduleFlush() }
+        if let metrics = metrics(lun: task.lun) {
+            metrics.commands.increment()
+            metrics.duration.recordNanoseconds(NIODeadline.now().uptimeNanoseconds &- task.received.uptimeNanoseconds)
+        }
+    }
+
+    /// The metrics of `lun` (as the PDU carries it) on this connection's target; nil for a LUN the target does
+    /// not have, so an initiator cannot make up label values.
+    private func metrics(lun raw: UInt64) -> LUNMetrics? {
+        if let known = lunMetrics[raw] { return known }
+        let lun = decodeLUN(raw)
+        guard let target, target.scsi.device(lun: lun) != nil else { return nil }
+        let made = LUNMetrics(target: target.configuration.name, lun: lun)
+        lunMetrics[raw] = made
+        return made
     }
 
     /// Flushes once the loop has run the tasks queued so far: the completions
@@ -646,6 +665,7 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
                 residual = edtl - produced
             }
             server.metrics.bytesRead.increment(by: Int64(data.readableBytes))
+            metrics(lun: command.lun)?.bytesRead.increment(by: Int64(data.readableBytes))
         }
         let collapse = result.status == .good && result.sense == nil
         if data.readableBytes > 0 {
@@ -678,7 +698,9 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
             }
             if collapse { return }
         } else if command.write, result.status == .good {
-            server.metrics.bytesWritten.increment(by: Int64(result.dataOutLength ?? command.data.readableBytes))
+            let written = Int64(result.dataOutLength ?? command.data.readableBytes)
+            server.metrics.bytesWritten.increment(by: written)
+            metrics(lun: command.lun)?.bytesWritten.increment(by: written)
         }
         var response = SCSIResponsePDU(
             status: result.status.rawValue, initiatorTaskTag: command.initiatorTaskTag, sequence: currentSequence())

@@ -10,3 +10,20 @@ struct TargetMetrics: Sendable {
     let bytesRead = Counter(label: "livemount_scsi_read_bytes_total")
     let bytesWritten = Counter(label: "livemount_scsi_written_bytes_total")
 }
+
+/// One LUN's figures, labelled `target` and `lun`: commands, their latency (from the SCSI Command PDU to its
+/// response, a histogram), and bytes moved. A connection keeps the ones of the LUNs it has used.
+final class LUNMetrics: Sendable {
+    let commands: Counter
+    let duration: Metrics.Timer
+    let bytesRead: Counter
+    let bytesWritten: Counter
+
+    init(target: String, lun: UInt64) {
+        let dimensions = [("target", target), ("lun", String(lun))]
+        commands = Counter(label: "livemount_lun_commands_total", dimensions: dimensions)
+        duration = Metrics.Timer(label: "livemount_lun_command_duration", dimensions: dimensions)
+        bytesRead = Counter(label: "livemount_lun_read_bytes_total", dimensions: dimensions)
+        bytesWritten = Counter(label: "livemount_lun_written_bytes_total", dimensions: dimensions)
+    }
+}

@@ -6,6 +6,7 @@ import LiveMount
 import LiveMountConfig
 import Logging
 import Prefetch
+import Prometheus
 import Relocation
 import Repository
 import SCSI
@@ -114,12 +115,16 @@ final class LiveMountRuntime: Sendable {
 struct ControlRoutes: Sendable {
     let server: ISCSITargetServer
     let runtime: LiveMountRuntime?
+    /// Every swift-metrics metric of the daemon, for `GET /metrics`.
+    let metrics: PrometheusCollectorRegistry
     let logger: Logger
 
     func handle(_ request: ControlRequest) async -> ControlResponse {
         do throws(ControlError) {
             let path = request.pathSegments
             switch (request.method, path.count) {
+            case ("GET", 1) where path == ["metrics"], ("GET", 2) where path == ["v1", "metrics"]:
+                return .prometheus(metrics.emitToBuffer())
             case ("GET", 2) where path == ["v1", "status"]: return .json(try status())
             case ("GET", 2) where path == ["v1", "mounts"]:
                 do {

@@ -2,7 +2,9 @@ import ArgumentParser
 import ControlPlane
 import LiveMountConfig
 import Logging
+import Metrics
 import NIOCore
+import Prometheus
 import SCSI
 import ServiceLifecycle
 import TargetServer
@@ -179,13 +181,16 @@ struct Livemountd: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "livemountd")
+        // swift-metrics into a Prometheus registry, served as `GET /metrics` on the control socket.
+        let metrics = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: metrics))
 
         if check {
             let portals = configuration.portals.map(Self.format).joined(separator: ", ")
             print("livemountd: configuration OK: \(portals) (\(Self.summary(configuration.targets)))")
             return 0
         }
-        return await serve(configuration, logger: logger)
+        return await serve(configuration, metrics: metrics, logger: logger)
     }
 
     /// The configuration from `--config` or from the ad hoc arguments; prints every problem and returns nil
@@ -227,7 +232,7 @@ struct Livemountd: AsyncParsableCommand {
     }
 
     /// Opens the devices, binds the portals, prints the listening line and serves until SIGTERM/SIGINT.
-    private func serve(_ configuration: DaemonConfiguration, logger: Logger) async -> Int32 {
+    private func serve(_ configuration: DaemonConfiguration, metrics: PrometheusCollectorRegistry, logger: Logger) async -> Int32 {
         if let directory = configuration.stateDirectory, let problem = Self.makeDirectory(directory) {
             Self.printError("livemountd: cannot create state directory \(directory): \(problem)")
             return 2
@@ -291,7 +296,7 @@ struct Livemountd: AsyncParsableCommand {
         await runtime?.startRelocations(server: server, configuration: configuration, logger: logger)
         var control: ControlServer?
         if let socket = configuration.effectiveControlSocket {
-            let routes = ControlRoutes(server: server, runtime: runtime, logger: logger)
+            let routes = ControlRoutes(server: server, runtime: runtime, metrics: metrics, logger: logger)
             let controlServer = ControlServer(socketPath: socket, logger: logger) { await routes.handle($0) }
             do {
                 try await controlServer.start()

@@ -133,6 +133,66 @@ struct DaemonTests {
         restarted.stop()
     }
 
+    @Test("GET /metrics on the control socket is Prometheus text: sessions, per-LUN commands and latency, cache")
+    func prometheusMetrics() async throws {
+        let (fixture, arguments) = try await prepare()
+        let socket = fixture.scratch.path + "/daemon-state/control.sock"
+        let daemon = try Daemon(arguments: arguments)
+        defer { daemon.stop() }
+        let client = ControlClient(socketPath: socket)
+
+        /// The value of the sample `name{labels}` (labels in the registry's order), or nil.
+        func sample(_ text: String, _ series: String) -> Double? {
+            for line in text.split(separator: "\n") where line.hasPrefix(series + " ") {
+                return Double(line.dropFirst(series.count + 1))
+            }
+            return nil
+        }
+
+        let url = daemon.url(0)
+        let image = try await readWholeLUN(url: url)
+        #expect(image == fixture.disk)
+        let data = pattern(8192, seed: 3)
+        // Scraped while this session is logged in.
+        let iscsi = try await onThread { () -> ISCSIClient in
+            let iscsi = ISCSIClient()
+            try iscsi.connect(url: url, initiatorName: "iqn.2026-11.org.livemount:metrics")
+            try iscsi.write(lba: 100, data: data)
+            return iscsi
+        }
+        let scraped = String(decoding: try await client.send("GET", "/metrics").body, as: UTF8.self)
+        try await onThread { try iscsi.logout() }
+        let lun = #"{target="\#(Self.target)",lun="0"}"#
+        #expect(sample(scraped, "livemount_iscsi_sessions") == 1)
+        let commands = try #require(sample(scraped, "livemount_lun_commands_total" + lun), "\(scraped)")
+        #expect(commands >= Double(fixture.disk.count / (256 << 10)))  // at least one READ per 256 KiB read
+        #expect(sample(scraped, "livemount_lun_read_bytes_total" + lun) ?? 0 >= Double(fixture.disk.count))
+        #expect(sample(scraped, "livemount_lun_written_bytes_total" + lun) == Double(data.count))
+        let histogram = #"livemount_lun_command_duration_count{target="\#(Self.target)",lun="0"}"#
+        #expect(sample(scraped, histogram) == commands)
+        #expect(sample(scraped, "livemount_cache_fetches") ?? 0 > 0)
+        #expect(scraped.contains("# TYPE livemount_lun_command_duration histogram"))
+
+        // The content type a Prometheus server expects, and 404 for a path that is not there.
+        let raw = try runCurl(socket: socket, path: "/metrics")
+        #expect(raw.contains("Content-Type: text/plain; version=0.0.4"))
+        let missing = try await client.send("GET", "/metricsx")
+        #expect(missing.status == 404)
+    }
+
+    /// `curl -si` of a control-socket path: the response with its headers.
+    func runCurl(socket: String, path: String) throws -> String {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
+        process.arguments = ["-si", "--unix-socket", socket, "http://livemountd" + path]
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        try process.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return String(decoding: data, as: UTF8.self)
+    }
+
     /// Runs the `livemount` tool; returns its exit status and standard output + error.
     func runCLI(_ arguments: [String]) throws -> (status: Int32, output: String) {
         let process = Process()
