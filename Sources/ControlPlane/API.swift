@@ -128,10 +128,32 @@ public struct StatusInfo: Codable, Sendable, Equatable {
     public struct Target: Codable, Sendable, Equatable {
         public var name: String
         public var luns: [UInt64]
+        /// Per LUN, what initiators did with it since it was added (or the daemon started).
+        public var usage: [LUNUsageInfo]?
 
-        public init(name: String, luns: [UInt64]) {
+        public init(name: String, luns: [UInt64], usage: [LUNUsageInfo]? = nil) {
             self.name = name
             self.luns = luns
+            self.usage = usage
+        }
+    }
+
+    /// One LUN's media reads and writes and its last access (TEST UNIT READY, INQUIRY and the like do not count).
+    public struct LUNUsageInfo: Codable, Sendable, Equatable {
+        public var lun: UInt64
+        public var reads: UInt64
+        public var writes: UInt64
+        /// ISO 8601 (UTC); nil when nothing has read or written it yet.
+        public var lastAccess: String?
+        /// Seconds since then.
+        public var idleSeconds: Double?
+
+        public init(lun: UInt64, reads: UInt64, writes: UInt64, lastAccess: String?, idleSeconds: Double?) {
+            self.lun = lun
+            self.reads = reads
+            self.writes = writes
+            self.lastAccess = lastAccess
+            self.idleSeconds = idleSeconds
         }
     }
 

@@ -20,6 +20,8 @@ final class NexusRegistry: Sendable {
 /// an atomic check for pending unit attentions; small mutable state (unit
 /// attentions, mode parameters) sits behind `Mutex`es or atomics.
 final class LogicalUnit: Sendable {
+    /// Reads, writes and last access, for status and archive policies.
+    let usage = LUNUsage()
     let lun: UInt64
     let configuration: LogicalUnitConfiguration
     let device: any BlockDevice

@@ -131,7 +131,13 @@ public final class SCSITarget: Sendable {
         guard let opcode = command.cdb.first else { return .checkCondition(.invalidOpcode) }
         if opcode == Opcode.reportLUNs { return reportLUNs(command) }
         guard let unit = unit(lun) else { return missingUnit(command) }
+        unit.usage.note(opcode: opcode)
         return await unit.execute(command)
+    }
+
+    /// What initiators did with `lun` since it was added; nil for an unknown LUN.
+    public func usage(lun: UInt64) -> LUNUsage.Snapshot? {
+        unit(lun)?.usage.snapshot
     }
 
     /// The fast path for commands that need no waiting (today: READs whose
@@ -139,7 +145,9 @@ public final class SCSITarget: Sendable {
     /// through `execute(lun:command:)`; a non-nil result is exactly what
     /// `execute` would have answered.
     public func executeImmediately(lun: UInt64, command: SCSICommand) -> SCSIResult? {
-        unit(lun)?.executeImmediately(command)
+        guard let unit = unit(lun), let result = unit.executeImmediately(command) else { return nil }
+        if let opcode = command.cdb.first { unit.usage.note(opcode: opcode) }
+        return result
     }
 
     /// The callback path for READs that need no task (data at hand, or a
@@ -151,7 +159,9 @@ public final class SCSITarget: Sendable {
     public func executeWithCompletion(
         lun: UInt64, command: SCSICommand, completion: @escaping @Sendable (SCSIResult) -> Void
     ) -> Bool {
-        unit(lun)?.executeWithCompletion(command, completion: completion) ?? false
+        guard let unit = unit(lun), unit.executeWithCompletion(command, completion: completion) else { return false }
+        if let opcode = command.cdb.first { unit.usage.note(opcode: opcode) }
+        return true
     }
 
     /// REPORT LUNS (SPC-4 §6.33), answered for any LUN. Clears REPORTED LUNS

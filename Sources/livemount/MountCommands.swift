@@ -248,6 +248,12 @@ struct StatusCommand: AsyncParsableCommand {
         print("sessions: \(status.sessions)")
         for target in status.targets {
             print("target \(target.name): LUNs \(target.luns.map(String.init).joined(separator: ", "))")
+            for usage in target.usage ?? [] {
+                let last = usage.lastAccess.map { at in
+                    "last access \(at)" + (usage.idleSeconds.map { String(format: " (idle %.0f s)", $0) } ?? "")
+                }
+                print("  LUN \(usage.lun): \(usage.reads) reads, \(usage.writes) writes, \(last ?? "not accessed yet")")
+            }
         }
         for mount in status.mounts { print("  " + mount.line) }
         if let cache = status.cache {

@@ -276,8 +276,18 @@ struct ControlRoutes: Sendable {
     }
 
     private func status() throws(ControlError) -> StatusInfo {
+        let now = Date()
         let targets = server.targetNames.map { name in
-            StatusInfo.Target(name: name, luns: server.scsiTarget(named: name)?.luns ?? [])
+            let scsi = server.scsiTarget(named: name)
+            let luns = scsi?.luns ?? []
+            let usage = luns.compactMap { lun -> StatusInfo.LUNUsageInfo? in
+                guard let u = scsi?.usage(lun: lun) else { return nil }
+                return StatusInfo.LUNUsageInfo(
+                    lun: lun, reads: u.reads, writes: u.writes,
+                    lastAccess: u.lastAccess.map { $0.formatted(.iso8601) },
+                    idleSeconds: u.lastAccess.map { max(0, now.timeIntervalSince($0)) })
+            }
+            return StatusInfo.Target(name: name, luns: luns, usage: usage)
         }
         var cacheBody: StatusInfo.Cache?
         var mounts: [MountInfo] = []

@@ -178,6 +178,16 @@ struct DaemonTests {
         #expect(raw.contains("Content-Type: text/plain; version=0.0.4"))
         let missing = try await client.send("GET", "/metricsx")
         #expect(missing.status == 404)
+
+        // `livemount status` shows each LUN's reads, writes and last access.
+        let status = try runCLI(["status", "--socket", socket])
+        #expect(status.status == 0)
+        let line = try #require(
+            status.output.split(separator: "\n").first { $0.hasPrefix("  LUN 0: ") }, "\(status.output)")
+        let reads = try #require(Int(line.dropFirst("  LUN 0: ".count).prefix { $0.isNumber }))
+        // Every READ the whole-LUN read sent (at most 1 MiB each), none of the other commands of the logins.
+        #expect(reads >= fixture.disk.count >> 20 && reads < Int(commands) - 1)
+        #expect(line.contains(" reads, 1 writes, last access 20"))
     }
 
     /// `curl -si` of a control-socket path: the response with its headers.
