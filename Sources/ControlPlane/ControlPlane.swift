@@ -124,12 +124,15 @@ public struct ControlError: Error, Sendable, CustomStringConvertible {
 
 // MARK: - Server
 
-/// Serves the control API on a Unix socket. Each request is handed to `handler` off the event loop (in a
+/// Serves the control API on a Unix socket (mode 0600: the owner only), or on a loopback TCP port where every
+/// request must carry `Authorization: Bearer TOKEN`. Each request is handed to `handler` off the event loop (in a
 /// Task); one request per connection (`Connection: close`).
 public final class ControlServer: Sendable {
     public typealias Handler = @Sendable (ControlRequest) async -> ControlResponse
 
-    public let socketPath: String
+    /// The Unix socket; nil for a TCP server.
+    public let socketPath: String?
+    private let tcp: (host: String, port: Int, token: String)?
     private let handler: Handler
     private let logger: Logger
     private let channel = Mutex<(any Channel)?>(nil)
@@ -138,24 +141,50 @@ public final class ControlServer: Sendable {
 
     public init(socketPath: String, logger: Logger, handler: @escaping Handler) {
         self.socketPath = socketPath
+        self.tcp = nil
         self.handler = handler
         self.logger = logger
     }
 
-    /// Binds the socket (replacing a stale socket file) and makes it private to the owner (0600).
+    /// A TCP listener on `host:port` (the caller keeps it to loopback addresses) that answers only requests
+    /// carrying `token`.
+    public init(host: String, port: Int, token: String, logger: Logger, handler: @escaping Handler) {
+        self.socketPath = nil
+        self.tcp = (host, port, token)
+        self.handler = handler
+        self.logger = logger
+    }
+
+    /// The TCP port listened on (the chosen one when started with port 0); nil for a Unix socket or before start.
+    public var port: Int? {
+        channel.withLock { $0?.localAddress?.port }
+    }
+
+    /// Binds the socket (replacing a stale socket file) and makes it private to the owner (0600), or binds the
+    /// TCP address.
     public func start() async throws {
         let handler = self.handler
         let logger = self.logger
+        let token = tcp?.token
         let bootstrap = ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.backlog, value: 64)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                    try channel.pipeline.syncOperations.addHandler(ControlHTTPHandler(handler: handler, logger: logger))
+                    try channel.pipeline.syncOperations.addHandler(
+                        ControlHTTPHandler(handler: handler, token: token, logger: logger))
                 }
             }
-        let bound = try await bootstrap.bind(unixDomainSocketPath: socketPath, cleanupExistingSocketFile: true).get()
-        chmod(socketPath, 0o600)
+        let bound: any Channel
+        if let tcp {
+            bound = try await bootstrap.bind(host: tcp.host, port: tcp.port).get()
+        } else if let socketPath {
+            bound = try await bootstrap.bind(unixDomainSocketPath: socketPath, cleanupExistingSocketFile: true).get()
+            chmod(socketPath, 0o600)
+        } else {
+            return
+        }
         channel.withLock { $0 = bound }
     }
 
@@ -168,7 +197,7 @@ public final class ControlServer: Sendable {
         }
         if let bound {
             try? await bound.close()
-            unlink(socketPath)
+            if let socketPath { unlink(socketPath) }
         }
     }
 }
@@ -179,14 +208,26 @@ private final class ControlHTTPHandler: ChannelInboundHandler, RemovableChannelH
     typealias OutboundOut = HTTPServerResponsePart
 
     private let handler: ControlServer.Handler
+    /// The bearer token requests must carry (TCP); nil on the Unix socket, where the file mode guards.
+    private let token: String?
     private let logger: Logger
     private var head: HTTPRequestHead?
     private var body: [UInt8] = []
     private var tooLarge = false
 
-    init(handler: @escaping ControlServer.Handler, logger: Logger) {
+    init(handler: @escaping ControlServer.Handler, token: String?, logger: Logger) {
         self.handler = handler
+        self.token = token
         self.logger = logger
+    }
+
+    /// Whether `head` carries `Authorization: Bearer TOKEN` (RFC 6750 §2.1), compared in constant time.
+    static func authorized(_ head: HTTPRequestHead, token: String) -> Bool {
+        guard let value = head.headers.first(name: "Authorization") else { return false }
+        let expected = Array(("Bearer " + token).utf8)
+        let given = Array(value.utf8)
+        guard given.count == expected.count else { return false }
+        return zip(given, expected).reduce(UInt8(0)) { $0 | ($1.0 ^ $1.1) } == 0
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -207,8 +248,12 @@ private final class ControlHTTPHandler: ChannelInboundHandler, RemovableChannelH
             let request = ControlRequest(method: requestHead.method.rawValue, uri: requestHead.uri, body: body)
             let handler = self.handler
             let tooLarge = self.tooLarge
+            let unauthorized = token.map { !Self.authorized(requestHead, token: $0) } ?? false
             let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
             context.eventLoop.makeFutureWithTask { () async -> ControlResponse in
+                if unauthorized {
+                    return .error(ControlError(status: 401, "this listener needs Authorization: Bearer TOKEN"))
+                }
                 if tooLarge { return .error(ControlError(status: 413, "request body larger than 1 MiB")) }
                 return await handler(request)
             }.whenSuccess { response in
@@ -221,6 +266,7 @@ private final class ControlHTTPHandler: ChannelInboundHandler, RemovableChannelH
     private func respond(_ response: ControlResponse, context: ChannelHandlerContext) {
         var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: response.contentType)
+        if response.status == 401 { headers.add(name: "WWW-Authenticate", value: "Bearer") }
         headers.add(name: "Content-Length", value: "\(response.body.count)")
         headers.add(name: "Connection", value: "close")
         let head = HTTPResponseHead(

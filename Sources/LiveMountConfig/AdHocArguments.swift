@@ -42,13 +42,20 @@ public struct AdHocArguments: Sendable, Equatable {
     public var repositoryBandwidth: Int?
     /// `--control-socket PATH`.
     public var controlSocket: String?
+    /// `--control-listen HOST:PORT` (loopback only).
+    public var controlListen: String?
+    /// `--control-token-file PATH`.
+    public var controlTokenFile: String?
 
     public init(
         listen: [String] = [], target: String? = nil, alias: String? = nil, luns: [String] = [], chap: String? = nil,
         mutualChap: String? = nil, allow: [String] = [], stateDirectory: String? = nil, logLevel: String? = nil,
         repository: String? = nil, cache: String? = nil, repositoryLatency: Int? = nil,
-        repositoryBandwidth: Int? = nil, controlSocket: String? = nil
+        repositoryBandwidth: Int? = nil, controlSocket: String? = nil, controlListen: String? = nil,
+        controlTokenFile: String? = nil
     ) {
+        self.controlListen = controlListen
+        self.controlTokenFile = controlTokenFile
         self.repository = repository
         self.cache = cache
         self.repositoryLatency = repositoryLatency
@@ -342,6 +349,20 @@ extension DaemonConfiguration {
         }
         if let socket = arguments.controlSocket {
             configuration.controlSocket = absolute(socket)
+        }
+        if let listen = arguments.controlListen {
+            switch Checks.parseControlListen(listen) {
+            case .success(let value): configuration.controlListen = value
+            case .failure(let problem): diagnostics.error("--control-listen \(listen)", problem.message)
+            }
+            if arguments.controlTokenFile == nil {
+                diagnostics.error("--control-listen \(listen)", "needs --control-token-file (the bearer token TCP requests carry)")
+            }
+        }
+        if let file = arguments.controlTokenFile {
+            let path = absolute(file)
+            if let problem = Checks.tokenFileProblem(path) { diagnostics.error("--control-token-file \(file)", problem) }
+            configuration.controlTokenFile = path
         }
 
         configuration.targets = [

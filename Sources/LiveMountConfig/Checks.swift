@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import TargetServer
 
@@ -131,6 +132,39 @@ enum Checks {
             port = value
         }
         return .success(PortalConfiguration(host: String(host), port: port))
+    }
+
+    /// `control_listen`: like a portal, but only on a loopback address (the API can mount, unmount and relocate)
+    /// and with an explicit port.
+    static func parseControlListen(_ text: String) -> Result<PortalConfiguration, PortalProblem> {
+        switch parsePortal(text) {
+        case .failure(let problem): return .failure(problem)
+        case .success(let portal):
+            guard portal.host.hasPrefix("127.") || portal.host == "::1" else {
+                return .failure(.init("\(portal.host) is not a loopback address (use 127.0.0.1 or [::1])"))
+            }
+            guard text.hasSuffix(":\(portal.port)") else { return .failure(.init("give a port, e.g. 127.0.0.1:9327")) }
+            return .success(portal)
+        }
+    }
+
+    /// Why a control token file cannot be used: missing, unreadable, empty, or readable by others.
+    static func tokenFileProblem(_ path: String) -> String? {
+        var status = stat()
+        guard stat(path, &status) == 0 else { return "cannot read \(path): \(String(cString: strerror(errno)))" }
+        guard status.st_mode & 0o077 == 0 else {
+            return "\(path) is readable by others (mode \(String(status.st_mode & 0o777, radix: 8))): chmod 600 it"
+        }
+        guard let token = readToken(path) else { return "\(path) holds no token" }
+        guard token.count >= 16 else { return "the token in \(path) is shorter than 16 characters" }
+        return nil
+    }
+
+    /// The token in `path`: its contents without surrounding white space; nil if unreadable or empty.
+    static func readToken(_ path: String) -> String? {
+        guard let data = FileManager.default.contents(atPath: path) else { return nil }
+        let token = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        return token.isEmpty ? nil : token
     }
 
     /// Why a portal address was rejected.

@@ -35,10 +35,18 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public var cache: CacheSettings?
     /// The control API's Unix socket; nil = `control.sock` in the state directory (none without one).
     public var controlSocket: String?
+    /// The control API also on TCP, on a loopback address (`control_listen`); nil = the socket only.
+    public var controlListen: PortalConfiguration?
+    /// The file holding the bearer token every TCP request must carry (`control_token_file`); required with
+    /// `controlListen`.
+    public var controlTokenFile: String?
     /// How live mounts pre-stage and prefetch (`[prefetch]`).
     public var prefetch = PrefetchSettings()
     /// How relocation pumps copy live mounts to their primary LUNs (`[relocation]`).
     public var relocation = RelocationSettings()
+
+    /// The bearer token of the TCP control listener, read from `controlTokenFile` (nil if unset or unreadable).
+    public var controlToken: String? { controlTokenFile.flatMap(Checks.readToken) }
 
     /// Where the control API listens: the configured socket, else `STATE_DIR/control.sock`, else nowhere.
     public var effectiveControlSocket: String? {

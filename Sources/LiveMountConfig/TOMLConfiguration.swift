@@ -98,7 +98,7 @@ private struct TOMLMapper {
         "region_kib", "max_in_flight", "max_rate_mib", "busy_rate_mib", "stage_ahead_mib", "checkpoint_seconds",
         "verify",
     ]
-    static let daemonKeys = ["state_dir", "log_level", "control_socket"]
+    static let daemonKeys = ["state_dir", "log_level", "control_socket", "control_listen", "control_token_file"]
     static let repositoryKeys = ["path", "read_latency_ms", "read_bandwidth_mib"]
     static let cacheKeys = ["path", "size", "direct"]
     static let portalKeys = ["listen"]
@@ -133,6 +133,21 @@ private struct TOMLMapper {
             if let socket = string(daemon, "control_socket") {
                 if let problem = Checks.absolutePathProblem(socket) { error(daemon.ref("control_socket"), problem) }
                 configuration.controlSocket = socket
+            }
+            if let listen = string(daemon, "control_listen") {
+                switch Checks.parseControlListen(listen) {
+                case .success(let value): configuration.controlListen = value
+                case .failure(let problem): error(daemon.ref("control_listen"), problem.message)
+                }
+                if string(daemon, "control_token_file") == nil {
+                    error(daemon.ref("control_listen"), "needs control_token_file (the bearer token TCP requests carry)")
+                }
+            }
+            if let file = string(daemon, "control_token_file") {
+                if let problem = Checks.absolutePathProblem(file) ?? Checks.tokenFileProblem(file) {
+                    error(daemon.ref("control_token_file"), problem)
+                }
+                configuration.controlTokenFile = file
             }
             if let name = string(daemon, "log_level") {
                 if let level = Checks.logLevel(name) {

@@ -132,6 +132,18 @@ struct Livemountd: AsyncParsableCommand {
     var controlSocket: String?
 
     @Option(
+        name: .customLong("control-listen"),
+        help: ArgumentHelp(
+            "The control API also on TCP, on a loopback address (needs --control-token-file).", valueName: "host:port"))
+    var controlListen: String?
+
+    @Option(
+        name: .customLong("control-token-file"),
+        help: ArgumentHelp(
+            "File (mode 0600) holding the bearer token TCP control requests must carry.", valueName: "path"))
+    var controlTokenFile: String?
+
+    @Option(
         name: .customLong("log-level"),
         help: ArgumentHelp(
             "trace, debug, info, notice, warning, error or critical (default info); "
@@ -212,6 +224,8 @@ struct Livemountd: AsyncParsableCommand {
                 if repoLatency != nil { adHoc.append("--repo-latency") }
                 if repoBandwidth != nil { adHoc.append("--repo-bandwidth") }
                 if controlSocket != nil { adHoc.append("--control-socket") }
+                if controlListen != nil { adHoc.append("--control-listen") }
+                if controlTokenFile != nil { adHoc.append("--control-token-file") }
                 guard adHoc.isEmpty else {
                     Self.printError(
                         "livemountd: --config cannot be combined with \(adHoc.joined(separator: ", ")); "
@@ -224,7 +238,8 @@ struct Livemountd: AsyncParsableCommand {
                 AdHocArguments(
                     listen: listen, target: target, alias: alias, luns: lun, chap: chap, mutualChap: mutualChap,
                     allow: allow, stateDirectory: stateDir, logLevel: nil, repository: repo, cache: cache,
-                    repositoryLatency: repoLatency, repositoryBandwidth: repoBandwidth, controlSocket: controlSocket))
+                    repositoryLatency: repoLatency, repositoryBandwidth: repoBandwidth, controlSocket: controlSocket,
+                    controlListen: controlListen, controlTokenFile: controlTokenFile))
         } catch {
             for message in error.messages(file: config) { Self.printError("livemountd: \(message)") }
             return nil
@@ -294,15 +309,37 @@ struct Livemountd: AsyncParsableCommand {
             }
         }
         await runtime?.startRelocations(server: server, configuration: configuration, logger: logger)
-        var control: ControlServer?
+        var controls: [ControlServer] = []
+        let routes = ControlRoutes(server: server, runtime: runtime, metrics: metrics, logger: logger)
         if let socket = configuration.effectiveControlSocket {
-            let routes = ControlRoutes(server: server, runtime: runtime, metrics: metrics, logger: logger)
             let controlServer = ControlServer(socketPath: socket, logger: logger) { await routes.handle($0) }
             do {
                 try await controlServer.start()
-                control = controlServer
+                controls.append(controlServer)
             } catch {
                 Self.printError("livemountd: cannot listen on control socket \(socket): \(Self.reason(error))")
+                await server.shutdown()
+                return 2
+            }
+        }
+        if let listen = configuration.controlListen {
+            // The configuration checked the file; it may have changed since.
+            guard let token = configuration.controlToken else {
+                Self.printError("livemountd: control_token_file: no token in \(configuration.controlTokenFile ?? "-")")
+                for control in controls { await control.shutdown() }
+                await server.shutdown()
+                return 1
+            }
+            let controlServer = ControlServer(host: listen.host, port: listen.port, token: token, logger: logger) {
+                await routes.handle($0)
+            }
+            do {
+                try await controlServer.start()
+                controls.append(controlServer)
+                logger.info("control API on TCP", metadata: ["address": "\(Self.format(listen))"])
+            } catch {
+                Self.printError("livemountd: cannot listen for the control API on \(Self.format(listen)): \(Self.reason(error))")
+                for control in controls { await control.shutdown() }
                 await server.shutdown()
                 return 2
             }
@@ -316,11 +353,11 @@ struct Livemountd: AsyncParsableCommand {
             try await group.run()
         } catch {
             logger.error("stopped on error: \(error)")
-            await control?.shutdown()
+            for control in controls { await control.shutdown() }
             await server.shutdown()
             return 2
         }
-        await control?.shutdown()
+        for control in controls { await control.shutdown() }
         await runtime?.relocations.shutdown()
         await server.shutdown()
         await runtime?.cache.close()

@@ -550,6 +550,43 @@ struct ConfigurationTests {
             Self.document(image: image, top: "[daemon]\nstate_dir = \"\(image)\""), field: "daemon.state_dir",
             message: "exists and is not a directory")
     }
+
+    @Test("control_listen: loopback only, with a port and a private token file of 16 characters or more")
+    func controlListen() throws {
+        let scratch = try Scratch()
+        let image = try scratch.image("a.img")
+        let token = scratch.path + "/token"
+        _ = FileManager.default.createFile(atPath: token, contents: Data("  s3cret-token-0123456789\n".utf8))
+        chmod(token, 0o600)
+        func daemon(_ lines: String) -> String { Self.document(image: image, top: "[daemon]\n" + lines) }
+
+        let loaded = try DaemonConfiguration.parse(
+            toml: daemon("control_listen = \"127.0.0.1:9327\"\ncontrol_token_file = \"\(token)\""))
+        #expect(loaded.configuration.controlListen == PortalConfiguration(host: "127.0.0.1", port: 9327))
+        #expect(loaded.configuration.controlToken == "s3cret-token-0123456789")
+
+        let withToken = "\ncontrol_token_file = \"\(token)\""
+        expectIssue(
+            daemon("control_listen = \"0.0.0.0:9327\"" + withToken), field: "daemon.control_listen",
+            message: "not a loopback address")
+        expectIssue(
+            daemon("control_listen = \"127.0.0.1\"" + withToken), field: "daemon.control_listen", message: "give a port")
+        expectIssue(
+            daemon("control_listen = \"127.0.0.1:9327\""), field: "daemon.control_listen",
+            message: "needs control_token_file")
+        chmod(token, 0o644)
+        expectIssue(
+            daemon("control_listen = \"127.0.0.1:9327\"" + withToken), field: "daemon.control_token_file",
+            message: "readable by others")
+        _ = FileManager.default.createFile(atPath: token, contents: Data("short\n".utf8))
+        chmod(token, 0o600)
+        expectIssue(
+            daemon("control_listen = \"127.0.0.1:9327\"" + withToken), field: "daemon.control_token_file",
+            message: "shorter than 16")
+        expectIssue(
+            daemon("control_listen = \"[::1]:9327\"\ncontrol_token_file = \"\(scratch.path)/none\""),
+            field: "daemon.control_token_file", message: "cannot read")
+    }
 }
 
 @Suite("Opening devices")

@@ -190,11 +190,65 @@ struct DaemonTests {
         #expect(line.contains(" reads, 1 writes, last access 20"))
     }
 
+    @Test("the control API on a loopback TCP port answers only requests with the bearer token")
+    func controlOverTCP() async throws {
+        let (fixture, arguments) = try await prepare()
+        let tokenFile = fixture.scratch.path + "/control.token"
+        let token = "tok-" + UUID().uuidString
+        _ = FileManager.default.createFile(atPath: tokenFile, contents: Data((token + "\n").utf8))
+        chmod(tokenFile, 0o600)
+        // A free port: bind 0, read it, let it go.
+        let probe = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
+                bind(probe, pointer, length) == 0 ? getsockname(probe, pointer, &length) : -1
+            }
+        }
+        let port = Int(UInt16(bigEndian: address.sin_port))
+        close(probe)
+        #expect(port > 0)
+
+        let daemon = try Daemon(
+            arguments: arguments + ["--control-listen", "127.0.0.1:\(port)", "--control-token-file", tokenFile])
+        defer { daemon.stop() }
+        func get(_ path: String, _ headers: [String] = []) throws -> String {
+            try runCurl(url: "http://127.0.0.1:\(port)" + path, headers: headers)
+        }
+        let none = try get("/v1/status")
+        #expect(none.hasPrefix("HTTP/1.1 401"), "\(none)")
+        #expect(none.contains("WWW-Authenticate: Bearer"))
+        #expect(!none.contains(DaemonTests.target), "nothing of the daemon's state without the token")
+        let wrong = try get("/v1/status", ["Authorization: Bearer " + token.dropLast()])
+        #expect(wrong.hasPrefix("HTTP/1.1 401"))
+        let status = try get("/v1/status", ["Authorization: Bearer " + token])
+        #expect(status.hasPrefix("HTTP/1.1 200"), "\(status)")
+        #expect(status.contains(DaemonTests.target))
+        let metrics = try get("/metrics", ["Authorization: Bearer " + token])
+        #expect(metrics.contains("livemount_iscsi_sessions"))
+
+        // The Unix socket is unchanged: no token there.
+        let local = try runCurl(socket: fixture.scratch.path + "/daemon-state/control.sock", path: "/v1/status")
+        #expect(local.hasPrefix("HTTP/1.1 200"))
+    }
+
+    /// `curl -si URL` with extra headers: the response with its headers.
+    func runCurl(url: String, headers: [String]) throws -> String {
+        try curl(["-si"] + headers.flatMap { ["-H", $0] } + [url])
+    }
+
     /// `curl -si` of a control-socket path: the response with its headers.
     func runCurl(socket: String, path: String) throws -> String {
+        try curl(["-si", "--unix-socket", socket, "http://livemountd" + path])
+    }
+
+    func curl(_ arguments: [String]) throws -> String {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
-        process.arguments = ["-si", "--unix-socket", socket, "http://livemountd" + path]
+        process.arguments = arguments
         let pipe = Pipe()
         process.standardOutput = pipe
         try process.run()
