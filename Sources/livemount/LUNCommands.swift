@@ -8,7 +8,7 @@ import Foundation
 /// cold-read benchmark's stopwatch.
 struct LUNCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "lun", abstract: "Inspect a LUN through libiscsi.", subcommands: [LUNReadCommand.self])
+        commandName: "lun", abstract: "Inspect a LUN through libiscsi.", subcommands: [LUNReadCommand.self, LUNSoakCommand.self])
 }
 
 struct LUNReadCommand: AsyncParsableCommand {
