@@ -157,7 +157,7 @@ public final class RelocationService: Sendable {
             }
         }
         let pump = makePump(
-            relocation, tracker: tracker, record: record, device: device, destination: destination, fullVerify: true)
+            relocation, tracker: tracker, record: record, device: device, destination: destination)
         device.setRelocationTap(pump)
         device.releaseWrites()
         attached = true
@@ -172,14 +172,14 @@ public final class RelocationService: Sendable {
 
     private func makePump(
         _ relocation: RelocationRecord, tracker: RegionTracker, record: MountRecord, device: LiveMountDevice,
-        destination: RelocationDestination, fullVerify: Bool = false
+        destination: RelocationDestination
     ) -> RelocationPump {
         var pumpSettings = settings
         pumpSettings.regionBytes = relocation.regionBytes
         let mounts = self.mounts
         let pump = RelocationPump(
             record: relocation, tracker: tracker, source: device, primary: destination, store: store,
-            settings: pumpSettings, logger: logger, fullVerify: fullVerify,
+            settings: pumpSettings, logger: logger,
             onCompleted: { mounts.relocationCompleted(record) })
         pumps.withLock { $0[record.id] = pump }
         return pump

@@ -13,9 +13,10 @@ import Synchronization
 ///    of the next `stageAheadMiB` are staged into the cache first so no copy waits on a fetch. Zeros are not
 ///    written where the destination already reads zeros, and are zero-filled cheaply elsewhere. Regions the guest
 ///    writes after their copy started are copied again (`RegionTracker`).
-/// 2. **Verifying.** Each region is read back from the destination right after its copy and compared with the
-///    CRC32C of the source data copied there; a mismatch is copied again. A pump resumed after a restart reads
-///    the whole destination back once more before switching.
+/// 2. **Verifying** (with `verify`). When everything is copied the destination is flushed, then every region is
+///    read back and compared with the CRC32C of the source data copied there; a mismatch is copied again and
+///    read back after that copy. This checks what the destination made durable, damage after a copy included,
+///    and keeps the reads out of the copy's way. A pump resumed after a restart starts this pass over.
 /// 3. **Switching.** Guest writes are held, the last dirty regions are copied and verified, the destination is
 ///    flushed, `completed` is recorded, and the LUN is served by the destination; held writes go there.
 ///
@@ -31,9 +32,6 @@ public final class RelocationPump: RelocationTap, Sendable {
     private let logger: Logger
     private let metrics: RelocationMetrics
     private let onCompleted: @Sendable () async -> Void
-    /// Read the whole destination back before switching (a pump resumed from a checkpoint: what was copied
-    /// before the restart is checked again); otherwise each region is verified as it is copied.
-    private let fullVerify: Bool
 
     private let state: Mutex<State>
     /// Serialises checkpoints with the commit hook, so a checkpoint never drops a region a commit just recorded.
@@ -72,11 +70,10 @@ public final class RelocationPump: RelocationTap, Sendable {
     /// A pump for `record` (new or resumed from `store`); `start()` runs it.
     public init(
         record: RelocationRecord, tracker: RegionTracker, source: any RelocationSource, primary: any PrimaryLUN,
-        store: RelocationStore, settings: RelocationSettings, logger: Logger, fullVerify: Bool = false,
+        store: RelocationStore, settings: RelocationSettings, logger: Logger,
         onCompleted: @escaping @Sendable () async -> Void = {}
     ) {
         self.mountID = record.mountID
-        self.fullVerify = fullVerify
         self.source = source
         self.primary = primary
         self.store = store
@@ -292,14 +289,21 @@ public final class RelocationPump: RelocationTap, Sendable {
         var phase = state.withLock { $0.record.phase }
         if phase == .switching { phase = .verifying }
         if phase == .copying {
-            // With `verify`, each copy is read back as it is made.
-            try await pass(.sequential, verifying: settings.verify)
-            try await converge(verifying: settings.verify)
+            try await pass(.sequential, verifying: false)
+            try await converge(verifying: false)
             phase = .verifying
         }
-        if phase == .verifying && settings.verify && fullVerify {
-            // Copies made before the restart are read back once more.
+        if phase == .verifying && settings.verify {
+            // When everything is copied, the destination is flushed and every region read back and compared with
+            // the CRC32C of what was copied into it: this checks what the destination made durable, including
+            // damage done after a copy, and keeps reads from interleaving with the copy's writes. A region that
+            // differs is copied again (and read back after that copy).
             setPhase(.verifying)
+            do {
+                try await primary.device.flush()
+            } catch {
+                throw PumpStop.failed("flushing the destination before verifying: \(error)")
+            }
             try await pass(.verifyAll, verifying: true)
             try await converge(verifying: true)
         }

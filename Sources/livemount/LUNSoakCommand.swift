@@ -186,8 +186,14 @@ struct SoakSession {
             totals.error("session \(index): the LUN is too small for \(slices) sessions")
             return
         }
-        // The model: what each 4 KiB unit holds (nil: not known yet).
-        var model = [[UInt8]?](repeating: nil, count: units)
+        // The model: a hash of what each 4 KiB unit holds (nil: not known yet); hashes keep 64 sessions' models
+        // small (a collision would hide a mismatch with odds of 2^-64).
+        var model = [Int?](repeating: nil, count: units)
+        func digest(_ data: [UInt8], _ i: Int) -> Int {
+            var hasher = Hasher()
+            data[(i * unit * blockSize)..<((i + 1) * unit * blockSize)].withUnsafeBytes { hasher.combine(bytes: $0) }
+            return hasher.finalize()
+        }
         var operations = 0
         var writesSinceSync = 0
         while ContinuousClock.now < deadline {
@@ -200,8 +206,12 @@ struct SoakSession {
                 do {
                     let data = try client.read(lba: lba, blocks: blocks)
                     totals.read(data.count)
+                    guard data.count == blocks * blockSize else {
+                        totals.error("session \(index): READ LBA \(lba) returned \(data.count) bytes, not \(blocks * blockSize)")
+                        continue
+                    }
                     for i in 0..<length {
-                        let piece = Array(data[(i * unit * blockSize)..<((i + 1) * unit * blockSize)])
+                        let piece = digest(data, i)
                         if let expected = model[start + i] {
                             if expected != piece {
                                 totals.mismatch("session \(index): \(url) LBA \(lba + UInt64(i * unit)) differs from what it wrote")
@@ -224,9 +234,7 @@ struct SoakSession {
                 do {
                     try client.write(lba: lba, data: data)
                     totals.wrote(data.count)
-                    for i in 0..<length {
-                        model[start + i] = Array(data[(i * unit * blockSize)..<((i + 1) * unit * blockSize)])
-                    }
+                    for i in 0..<length { model[start + i] = digest(data, i) }
                     writesSinceSync += 1
                     if writesSinceSync >= 64 {
                         try client.synchronizeCache()

@@ -235,6 +235,25 @@ struct DaemonTests {
         #expect(local.hasPrefix("HTTP/1.1 200"))
     }
 
+    @Test("livemount lun soak: sessions on a live mount and verified reads, no errors; a bad argument is refused")
+    func soakTool() async throws {
+        let (fixture, arguments) = try await prepare()  // kept: its scratch directory holds the repository
+        let daemon = try Daemon(arguments: arguments)
+        defer {
+            daemon.stop()
+            withExtendedLifetime(fixture) {}
+        }
+        let run = try runCLI(["lun", "soak", daemon.url(0), "--sessions", "4", "--seconds", "2", "--report", "0"])
+        #expect(run.status == 0, "\(run.output)")
+        #expect(run.output.contains("sessions 4,"))
+        #expect(run.output.contains("errors 0, mismatches 0"))
+        let reads = run.output.components(separatedBy: "reads ").dropFirst().first?.prefix { $0.isNumber }
+        #expect(Int(reads ?? "") ?? 0 > 0)
+        let bad = try runCLI(["lun", "soak", "http://x", "--sessions", "4"])
+        #expect(bad.status != 0)
+        #expect(bad.output.contains("expected an iscsi:// URL"))
+    }
+
     /// `curl -si URL` with extra headers: the response with its headers.
     func runCurl(url: String, headers: [String]) throws -> String {
         try curl(["-si"] + headers.flatMap { ["-H", $0] } + [url])

@@ -105,6 +105,36 @@ struct RelocationTests {
         }
     }
 
+    @Test("damage done to the destination after a region's copy is found by the verify pass and copied again")
+    func verifyAfterCopy() async throws {
+        let fixture = try await Fixture.make()
+        let (record, device) = try await fixture.manager.mount(
+            target: "t", lun: 0, vm: "web01", backupID: nil, disk: nil, readOnly: false, origin: .api)
+        let settings = Self.settings(maxRateMiB: 8)
+        let service = RelocationService(mounts: fixture.manager, settings: settings, logger: quietLogger)
+        let destination = fixture.scratch.path + "/primary.img"
+        _ = try await service.start(record: record, device: device, to: destination)
+        for _ in 0..<200 {
+            if try service.status(mountID: record.id).bytesDone >= UInt64(2 * settings.regionBytes) { break }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        let paused = try await service.pause(mountID: record.id)
+        #expect(paused.phase == .paused)
+        #expect(paused.bytesDone >= UInt64(2 * settings.regionBytes) && paused.bytesDone < paused.bytesTotal)
+        // Region 0 is copied (and, before this design, was already read back). Scribble on it, durably.
+        let handle = try #require(FileHandle(forUpdatingAtPath: destination))
+        try handle.seek(toOffset: 1000)
+        try handle.write(contentsOf: Data(repeating: 0x5A, count: 3000))
+        try handle.synchronize()
+        try handle.close()
+        #expect(try service.resume(mountID: record.id).phase == .copying)
+        #expect(await service.waitForStop(mountID: record.id) == .completed)
+        #expect(try service.status(mountID: record.id).verifyMismatches >= 1)
+        #expect([UInt8](try Data(contentsOf: URL(fileURLWithPath: destination))) == fixture.disk)
+        #expect(try await Self.readAll(device, size: fixture.disk.count) == fixture.disk)
+        await device.close()
+    }
+
     @Test("resumes from its checkpoint after a stop and a reopen, and ends identical")
     func resumeFromCheckpoint() async throws {
         let fixture = try await Fixture.make()

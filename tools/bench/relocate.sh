@@ -10,8 +10,9 @@
 #     `livemount backup create` and live-mounted by livemountd (release build, cache CACHE_MIB, default 1024,
 #     cold, configured by a generated TOML file); the mount is relocated to a new file on the same file
 #     system through the control API (POST /v1/mounts/T/L/relocation) and timed from the request to phase
-#     `completed` (copy, verify and switch): once with `[relocation] verify = true` (the default: every
-#     region is read back from the destination) and once with `verify = false`. Against: `dd if=<raw image>
+#     `completed` (copy, verify and switch) and to the end of the copy phase: once with `[relocation] verify =
+#     true` (the default: once everything is copied, every region is read back from the destination) and once
+#     with `verify = false`. Against: `dd if=<raw image>
 #     of=<new file> bs=1M oflag=direct conv=fsync`, run first and last (mean), and, as the peer of the
 #     verifying pump, that dd followed by an O_DIRECT read of the whole copy. Each destination is compared
 #     with the raw image (cmp). Goal: relocation rate >= 0.90 x dd's.
@@ -182,8 +183,10 @@ print(f"{'dd bs=1M oflag=direct conv=fsync (1)':56} {dd1:9.2f} {mib / dd1:9.1f}"
 print(f"{'dd bs=1M oflag=direct conv=fsync (2)':56} {dd2:9.2f} {mib / dd2:9.1f}")
 print(f"{'dd, then read back (iflag=direct)':56} {rb:9.2f} {mib / rb:9.1f}")
 for name, r in (("verify on (default)", ron), ("verify off", roff)):
+    print(f"{'relocation, ' + name + ', copy phase':56} {r[1]:9.2f} {mib / r[1]:9.1f}")
     print(f"{'relocation, ' + name + ', request to completed':56} {r[0]:9.2f} {mib / r[0]:9.1f}")
-print(f"relocation/dd = {mib / ron[0] / dd_rate:.2f} verify on, {mib / roff[0] / dd_rate:.2f} verify off  (goal >= 0.90)")
+print(f"relocation/dd = {mib / ron[0] / dd_rate:.2f} verify on, {mib / roff[0] / dd_rate:.2f} verify off  (goal >= 0.90); "
+      f"copy phase with verify on: {mib / ron[1] / dd_rate:.2f}")
 print(f"relocation with verify / dd with read-back = {rb / ron[0]:.2f}")
 print(f"destination vs raw image: {ron[2]} (verify on), {roff[2]} (verify off)")
 same = "identical" if ron[2] == roff[2] == "identical" else "DIFFERENT"
