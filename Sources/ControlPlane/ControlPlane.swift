@@ -155,11 +155,6 @@ public final class ControlServer: Sendable {
         self.logger = logger
     }
 
-    /// The TCP port listened on (the chosen one when started with port 0); nil for a Unix socket or before start.
-    public var port: Int? {
-        channel.withLock { $0?.localAddress?.port }
-    }
-
     /// Binds the socket (replacing a stale socket file) and makes it private to the owner (0600), or binds the
     /// TCP address.
     public func start() async throws {

@@ -24,7 +24,7 @@ public final class LUNUsage: Sendable {
     init() {}
 
     /// Counts `opcode` if it reads or writes the medium.
-    func note(opcode: UInt8, at now: Date = Date()) {
+    func note(opcode: UInt8) {
         switch opcode {
         case Opcode.read6, Opcode.read10, Opcode.read12, Opcode.read16:
             reads.add(1, ordering: .relaxed)
@@ -35,7 +35,7 @@ public final class LUNUsage: Sendable {
         default:
             return
         }
-        lastAccessMilliseconds.store(Int64(now.timeIntervalSince1970 * 1000), ordering: .relaxed)
+        lastAccessMilliseconds.store(Int64(Date().timeIntervalSince1970 * 1000), ordering: .relaxed)
     }
 
     public var snapshot: Snapshot {
