@@ -84,43 +84,33 @@ static inline uint32_t shift(uint32_t table[4][256], uint32_t crc) {
     return table[0][crc & 0xff] ^ table[1][(crc >> 8) & 0xff] ^ table[2][(crc >> 16) & 0xff] ^ table[3][crc >> 24];
 }
 
+// Three streams over the next 3 x `block` bytes at *p, joined into `c`; advances *p.
+__attribute__((target("sse4.2")))
+static inline uint64_t crc32c_3way(uint64_t c, const uint8_t **p, size_t block, uint32_t table[4][256]) {
+    const uint8_t *q = *p;
+    const uint8_t *end = q + block;
+    uint64_t c1 = 0, c2 = 0;
+    do {
+        uint64_t w0, w1, w2;
+        memcpy(&w0, q, 8); memcpy(&w1, q + block, 8); memcpy(&w2, q + 2 * block, 8);
+        c = __builtin_ia32_crc32di(c, w0);
+        c1 = __builtin_ia32_crc32di(c1, w1);
+        c2 = __builtin_ia32_crc32di(c2, w2);
+        q += 8;
+    } while (q < end);
+    c = shift(table, (uint32_t)c) ^ (uint32_t)c1;
+    c = shift(table, (uint32_t)c) ^ (uint32_t)c2;
+    *p = q + 2 * block;
+    return c;
+}
+
 __attribute__((target("sse4.2")))
 static uint32_t crc32c_hw(uint32_t crc, const uint8_t *p, size_t len) {
     uint64_t c = crc;
     while (len && ((uintptr_t)p & 7)) { c = __builtin_ia32_crc32qi((uint32_t)c, *p++); len--; }
     if (len >= 3 * CRC32C_SHORT) pthread_once(&shift_once, build_shift_tables);
-    while (len >= 3 * CRC32C_LONG) {
-        uint64_t c1 = 0, c2 = 0;
-        const uint8_t *end = p + CRC32C_LONG;
-        do {
-            uint64_t w0, w1, w2;
-            memcpy(&w0, p, 8); memcpy(&w1, p + CRC32C_LONG, 8); memcpy(&w2, p + 2 * CRC32C_LONG, 8);
-            c = __builtin_ia32_crc32di(c, w0);
-            c1 = __builtin_ia32_crc32di(c1, w1);
-            c2 = __builtin_ia32_crc32di(c2, w2);
-            p += 8;
-        } while (p < end);
-        c = shift(shift_long, (uint32_t)c) ^ (uint32_t)c1;
-        c = shift(shift_long, (uint32_t)c) ^ (uint32_t)c2;
-        p += 2 * CRC32C_LONG;
-        len -= 3 * CRC32C_LONG;
-    }
-    while (len >= 3 * CRC32C_SHORT) {
-        uint64_t c1 = 0, c2 = 0;
-        const uint8_t *end = p + CRC32C_SHORT;
-        do {
-            uint64_t w0, w1, w2;
-            memcpy(&w0, p, 8); memcpy(&w1, p + CRC32C_SHORT, 8); memcpy(&w2, p + 2 * CRC32C_SHORT, 8);
-            c = __builtin_ia32_crc32di(c, w0);
-            c1 = __builtin_ia32_crc32di(c1, w1);
-            c2 = __builtin_ia32_crc32di(c2, w2);
-            p += 8;
-        } while (p < end);
-        c = shift(shift_short, (uint32_t)c) ^ (uint32_t)c1;
-        c = shift(shift_short, (uint32_t)c) ^ (uint32_t)c2;
-        p += 2 * CRC32C_SHORT;
-        len -= 3 * CRC32C_SHORT;
-    }
+    for (; len >= 3 * CRC32C_LONG; len -= 3 * CRC32C_LONG) c = crc32c_3way(c, &p, CRC32C_LONG, shift_long);
+    for (; len >= 3 * CRC32C_SHORT; len -= 3 * CRC32C_SHORT) c = crc32c_3way(c, &p, CRC32C_SHORT, shift_short);
     while (len >= 8) { uint64_t w; memcpy(&w, p, 8); c = __builtin_ia32_crc32di(c, w); p += 8; len -= 8; }
     while (len--) c = __builtin_ia32_crc32qi((uint32_t)c, *p++);
     return (uint32_t)c;
