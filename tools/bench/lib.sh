@@ -32,3 +32,40 @@ compare_with_tgt() {
     printf "%-14s %12s %12s %8s\n" "$name" "$t" "$l" "$ratio"
   done
 }
+
+# release_binaries: unless $bindir is set (-B), installs the packages and builds livemountd and livemount in
+# release mode; sets $bindir and $lm.
+release_binaries() {
+  if [ -z "$bindir" ]; then
+    tools/install-deps.sh
+    swift build -c release --product livemountd >&2
+    swift build -c release --product livemount >&2
+    bindir="$(swift build -c release --show-bin-path)"
+  fi
+  lm="$bindir/livemount"
+}
+
+# bench_workdir NAME: a new $work under $TMPDIR (default /var/tmp), removed at exit unless $keep is 1, with
+# $daemon (if set) killed first.
+bench_workdir() {
+  work=$(mktemp -d "${TMPDIR:-/var/tmp}/livemount-$1.XXXXXX")
+  daemon=""
+  trap 'bench_cleanup' EXIT
+}
+bench_cleanup() {
+  [ -n "$daemon" ] && kill "$daemon" 2>/dev/null || true
+  wait 2>/dev/null || true
+  if [ "${keep:-0}" = 1 ]; then echo "kept $work" >&2; else rm -rf "$work"; fi
+}
+
+# free_port: a TCP port on 127.0.0.1 that nothing listens on right now.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# start_livemountd CONFIG: starts livemountd on CONFIG (output in $work/d.out, errors appended to $work/d.err),
+# sets $daemon, and returns once it listens (exits with its errors if it never does).
+start_livemountd() {
+  "$bindir/livemountd" --config "$1" >"$work/d.out" 2>>"$work/d.err" &
+  daemon=$!
+  for _ in $(seq 1 600); do grep -q listening "$work/d.out" 2>/dev/null && break; sleep 0.1; done
+  grep -q listening "$work/d.out" || { cat "$work/d.err" >&2; exit 1; }
+}

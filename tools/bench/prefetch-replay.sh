@@ -41,7 +41,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. tools/bench/lib.sh  # free_port
 
 # The disk: the given image, or random data covering every block the traces read.
 if [ -z "$image" ]; then

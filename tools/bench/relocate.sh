@@ -34,24 +34,10 @@ while getopts "z:c:t:I:B:k" opt; do
   k) keep=1 ;; *) exit 2 ;;
   esac
 done
-if [ -z "$bindir" ]; then
-  tools/install-deps.sh
-  swift build -c release --product livemountd >&2
-  swift build -c release --product livemount >&2
-  bindir="$(swift build -c release --show-bin-path)"
-fi
-lm="$bindir/livemount"
+. tools/bench/lib.sh
+release_binaries
 here=tools/bench/relocate
-
-work=$(mktemp -d "${TMPDIR:-/var/tmp}/livemount-relocate-bench.XXXXXX")
-daemon=""
-cleanup() {
-  [ -n "$daemon" ] && kill "$daemon" 2>/dev/null || true
-  wait 2>/dev/null || true
-  if [ "$keep" = 1 ]; then echo "kept $work" >&2; else rm -rf "$work"; fi
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+bench_workdir relocate-bench
 now() { date +%s.%N; }
 
 iqn=iqn.2026-11.org.livemount:relocate-bench
@@ -88,10 +74,7 @@ name = "$iqn"
   lun = 0
   backup = "relbench"
 TOML
-  "$bindir/livemountd" --config "$work/livemount.toml" >"$work/d.out" 2>>"$work/d.err" &
-  daemon=$!
-  for _ in $(seq 1 600); do grep -q listening "$work/d.out" 2>/dev/null && break; sleep 0.1; done
-  grep -q listening "$work/d.out" || { cat "$work/d.err" >&2; exit 1; }
+  start_livemountd "$work/livemount.toml"
   for _ in $(seq 1 100); do [ -S "$sock" ] && break; sleep 0.1; done
   url="iscsi://127.0.0.1:$port/$iqn/0"
 }

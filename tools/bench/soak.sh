@@ -16,22 +16,10 @@ seconds=600; sessions=64; reads=70; bindir=""; keep=0
 while getopts "t:s:r:B:k" opt; do
   case $opt in t) seconds=$OPTARG ;; s) sessions=$OPTARG ;; r) reads=$OPTARG ;; B) bindir=$OPTARG ;; k) keep=1 ;; *) exit 2 ;; esac
 done
-if [ -z "$bindir" ]; then
-  tools/install-deps.sh
-  swift build -c release --product livemountd >&2
-  swift build -c release --product livemount >&2
-  bindir="$(swift build -c release --show-bin-path)"
-fi
-lm="$bindir/livemount"
-work=$(mktemp -d "${TMPDIR:-/var/tmp}/livemount-soak.XXXXXX")
-daemon=""
-cleanup() {
-  [ -n "$daemon" ] && kill "$daemon" 2>/dev/null || true
-  wait 2>/dev/null || true
-  if [ "$keep" = 1 ]; then echo "kept $work" >&2; else rm -rf "$work"; fi
-}
-trap cleanup EXIT
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+. tools/bench/lib.sh
+release_binaries
+bench_workdir soak
+port=$(free_port)
 iqn=iqn.2026-11.org.livemount:soak
 
 echo "making two raw LUN images and two backups" >&2
@@ -69,10 +57,7 @@ name = "$iqn"
   lun = 3
   backup = "soak2"
 TOML
-"$bindir/livemountd" --config "$work/livemount.toml" >"$work/d.out" 2>"$work/d.err" &
-daemon=$!
-for _ in $(seq 1 600); do grep -q listening "$work/d.out" 2>/dev/null && break; sleep 0.1; done
-grep -q listening "$work/d.out" || { cat "$work/d.err" >&2; exit 1; }
+start_livemountd "$work/livemount.toml"
 
 # RSS every 5 s (seconds since start, KiB).
 ( t0=$(date +%s); while kill -0 "$daemon" 2>/dev/null; do

@@ -34,7 +34,6 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 echo "preparing a ${size} MiB image of random data" >&2
 dd if=/dev/urandom of="$work/disk.img" bs=1M count="$size" status=none
