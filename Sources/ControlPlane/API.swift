@@ -186,12 +186,17 @@ public struct StatusInfo: Codable, Sendable, Equatable {
     public var mounts: [MountInfo]
     /// nil when the daemon has no repository and cache.
     public var cache: Cache?
+    /// Archived LUNs (nil without a repository).
+    public var placeholders: [PlaceholderInfo]?
 
-    public init(sessions: Int, targets: [Target], mounts: [MountInfo], cache: Cache?) {
+    public init(
+        sessions: Int, targets: [Target], mounts: [MountInfo], cache: Cache?, placeholders: [PlaceholderInfo]? = nil
+    ) {
         self.sessions = sessions
         self.targets = targets
         self.mounts = mounts
         self.cache = cache
+        self.placeholders = placeholders
     }
 }
 
@@ -213,5 +218,95 @@ public struct RelocationRequest: Codable, Sendable, Equatable {
     public init(to: String, maxRateMiB: Int? = nil) {
         self.to = to
         self.maxRateMiB = maxRateMiB
+    }
+}
+
+// MARK: - Archive and recall (issue 6)
+
+/// An archived LUN: `GET /v1/placeholders`, and the answer to `POST /v1/targets/T/luns/N/archive` (201) and
+/// `POST /v1/placeholders/T/N/recall`.
+public struct PlaceholderInfo: Codable, Sendable, Equatable {
+    public var target: String
+    public var lun: UInt64
+    /// The primary storage it was archived from and is recalled to.
+    public var path: String
+    public var sizeBytes: UInt64
+    public var blockSize: Int
+    /// `archived` (only the backup holds it), `recalling` (served as a live mount while it is relocated back),
+    /// or `recalled` (back on primary storage; the placeholder goes at the next start).
+    public var state: String
+    /// The backup holding its data (`vm@backupID/disk`).
+    public var backupID: Int64
+    public var vm: String
+    public var disk: String
+    /// ISO 8601 (UTC).
+    public var archivedAt: String
+    /// The recall's live mount, when recalling.
+    public var mountID: Int64?
+    /// The relocation back to `path`: its phase and the share copied (0-1), when recalling.
+    public var relocationPhase: String?
+    public var relocationProgress: Double?
+
+    public init(
+        target: String, lun: UInt64, path: String, sizeBytes: UInt64, blockSize: Int, state: String, backupID: Int64,
+        vm: String, disk: String, archivedAt: String, mountID: Int64? = nil, relocationPhase: String? = nil,
+        relocationProgress: Double? = nil
+    ) {
+        self.target = target
+        self.lun = lun
+        self.path = path
+        self.sizeBytes = sizeBytes
+        self.blockSize = blockSize
+        self.state = state
+        self.backupID = backupID
+        self.vm = vm
+        self.disk = disk
+        self.archivedAt = archivedAt
+        self.mountID = mountID
+        self.relocationPhase = relocationPhase
+        self.relocationProgress = relocationProgress
+    }
+}
+
+/// `GET /v1/archive/candidates[?idle=SECONDS]`: what the archive policy would archive now (a dry run).
+public struct ArchiveCandidates: Codable, Sendable, Equatable {
+    /// A LUN on primary storage idle at least `idleSeconds`.
+    public struct Candidate: Codable, Sendable, Equatable {
+        public var target: String
+        public var lun: UInt64
+        public var path: String
+        public var sizeBytes: UInt64
+        /// Seconds since its last read or write (or since the daemon started, if none).
+        public var idleSeconds: Double
+        public var reads: UInt64
+        public var writes: UInt64
+        /// ISO 8601 (UTC); nil when nothing read or wrote it since the daemon started.
+        public var lastAccess: String?
+
+        public init(
+            target: String, lun: UInt64, path: String, sizeBytes: UInt64, idleSeconds: Double, reads: UInt64,
+            writes: UInt64, lastAccess: String?
+        ) {
+            self.target = target
+            self.lun = lun
+            self.path = path
+            self.sizeBytes = sizeBytes
+            self.idleSeconds = idleSeconds
+            self.reads = reads
+            self.writes = writes
+            self.lastAccess = lastAccess
+        }
+    }
+
+    /// The idle time the candidates were chosen by (the `idle` query, else `[archive] idle_seconds`).
+    public var idleSeconds: Int
+    /// Whether the daemon archives them by itself (`[archive] idle_seconds` > 0).
+    public var policyEnabled: Bool
+    public var candidates: [Candidate]
+
+    public init(idleSeconds: Int, policyEnabled: Bool, candidates: [Candidate]) {
+        self.idleSeconds = idleSeconds
+        self.policyEnabled = policyEnabled
+        self.candidates = candidates
     }
 }

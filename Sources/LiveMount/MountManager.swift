@@ -18,6 +18,8 @@ public struct MountRecord: Sendable, Equatable, Codable {
     public enum Origin: String, Sendable, Codable {
         case configuration
         case api
+        /// The recall of an archived LUN: reopened by its placeholder, not by itself.
+        case recall
     }
 
     /// `mounted`: served as a LUN. `kept`: unmounted with its overlay kept; a later mount of the same backup
@@ -258,6 +260,17 @@ public final class MountManager: Sendable {
             }
         }
         return result
+    }
+
+    /// The mount `id`, whatever its state.
+    public func record(id: Int64) throws(MountError) -> MountRecord? {
+        try select("SELECT * FROM mounts WHERE id = ?", [id]).first
+    }
+
+    /// Reopens a recorded mount (a placeholder's recall at daemon start); its relocation, if unfinished, is
+    /// resumed by `RelocationService.resume`, which releases the writes held until then.
+    public func reopen(_ record: MountRecord, blockSize: Int) async throws(MountError) -> LiveMountDevice {
+        try await open(record, blockSize: blockSize)
     }
 
     /// Opens a recorded mount's overlay and device.

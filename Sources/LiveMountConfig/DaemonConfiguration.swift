@@ -44,6 +44,8 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public var prefetch = PrefetchSettings()
     /// How relocation pumps copy live mounts to their primary LUNs (`[relocation]`).
     public var relocation = RelocationSettings()
+    /// When idle LUNs are archived to placeholders (`[archive]`).
+    public var archive = ArchiveSettings()
 
     /// The bearer token of the TCP control listener, read from `controlTokenFile` (nil if unset or unreadable).
     public var controlToken: String? { controlTokenFile.flatMap(Checks.readToken) }
@@ -220,4 +222,18 @@ extension DaemonConfiguration {
 
     /// The accepted log level names, comma-separated, for help and messages.
     public static var logLevelNames: String { Checks.logLevelNames }
+}
+
+/// `[archive]`: the policy that archives idle LUNs on primary storage to placeholders (issue 6).
+public struct ArchiveSettings: Sendable, Equatable {
+    /// Archive a LUN on primary storage (an image file or block device) once nothing has read or written it for
+    /// this many seconds; 0 (the default) archives only what an operator names.
+    public var idleSeconds = 0
+    /// How often the policy looks for idle LUNs.
+    public var checkSeconds = 300
+
+    public init(idleSeconds: Int = 0, checkSeconds: Int = 300) {
+        self.idleSeconds = idleSeconds
+        self.checkSeconds = checkSeconds
+    }
 }

@@ -89,8 +89,10 @@ private struct TOMLMapper {
     var diagnostics = Diagnostics()
 
     static let rootKeys = [
-        "daemon", "portals", "iscsi", "discovery", "repository", "cache", "prefetch", "relocation", "targets",
+        "daemon", "portals", "iscsi", "discovery", "repository", "cache", "prefetch", "relocation", "archive",
+        "targets",
     ]
+    static let archiveKeys = ["idle_seconds", "check_seconds"]
     static let prefetchKeys = [
         "prestage_bytes", "prestage_seconds", "prestage_timeout_seconds", "lead_bytes", "lead_seconds", "max_in_flight",
     ]
@@ -238,6 +240,14 @@ private struct TOMLMapper {
 
         if let relocation = table(root, "relocation") {
             configuration.relocation = mapRelocation(relocation)
+        }
+
+        if let archive = table(root, "archive") {
+            checkKeys(archive, Self.archiveKeys)
+            if let value = integer(archive, "idle_seconds", 0...(100 * 365 * 86_400), nil) {
+                configuration.archive.idleSeconds = value
+            }
+            if let value = integer(archive, "check_seconds", 1...86_400, nil) { configuration.archive.checkSeconds = value }
         }
 
         if let targets = tables(root, "targets", required: true) {

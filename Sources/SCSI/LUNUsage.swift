@@ -14,7 +14,15 @@ public final class LUNUsage: Sendable {
         public var writes: UInt64
         /// When the last read or write arrived; nil if none has since the LUN was added.
         public var lastAccess: Date?
+        /// When counting began (the LUN was added, or the daemon started).
+        public var since: Date
+
+        /// The last access, or when counting began if there was none: what an idle time is measured from.
+        public var idleSince: Date { lastAccess ?? since }
     }
+
+    /// When counting began.
+    public let since = Date()
 
     private let reads = Atomic<UInt64>(0)
     private let writes = Atomic<UInt64>(0)
@@ -42,6 +50,6 @@ public final class LUNUsage: Sendable {
         let last = lastAccessMilliseconds.load(ordering: .relaxed)
         return Snapshot(
             reads: reads.load(ordering: .relaxed), writes: writes.load(ordering: .relaxed),
-            lastAccess: last == 0 ? nil : Date(timeIntervalSince1970: Double(last) / 1000))
+            lastAccess: last == 0 ? nil : Date(timeIntervalSince1970: Double(last) / 1000), since: since)
     }
 }

@@ -21,7 +21,7 @@ final class NexusRegistry: Sendable {
 /// attentions, mode parameters) sits behind `Mutex`es or atomics.
 final class LogicalUnit: Sendable {
     /// Reads, writes and last access, for status and archive policies.
-    let usage = LUNUsage()
+    let usage: LUNUsage
     let lun: UInt64
     let configuration: LogicalUnitConfiguration
     let device: any BlockDevice
@@ -58,8 +58,9 @@ final class LogicalUnit: Sendable {
     init(
         configuration: LogicalUnitConfiguration, targetName: String, reservations: ReservationManager,
         copyEngine: ExtendedCopyEngine, copyResolver: @escaping CopyTargetResolver, nexusRegistry: NexusRegistry,
-        logger: Logger
+        logger: Logger, usage: LUNUsage = LUNUsage()
     ) {
+        self.usage = usage
         self.lun = configuration.lun
         self.configuration = configuration
         self.device = configuration.device
@@ -79,6 +80,25 @@ final class LogicalUnit: Sendable {
         self.limits = BlockLimits(
             blockSize: configuration.device.blockSize,
             supportsUnmap: configuration.device.supportsUnmap || hardWriteProtect)
+    }
+
+    /// The same logical unit over another device of the same geometry: reservations, usage, mode parameters
+    /// and pending unit attentions carry over, and no new unit attention is raised, so initiators see no change
+    /// (an archived LUN's placeholder takes its place this way).
+    convenience init(replacing old: LogicalUnit, device: any BlockDevice) {
+        var configuration = old.configuration
+        configuration.device = device
+        self.init(
+            configuration: configuration, targetName: old.targetName, reservations: old.reservations,
+            copyEngine: old.copyEngine, copyResolver: old.copyResolver, nexusRegistry: old.nexusRegistry,
+            logger: old.logger, usage: old.usage)
+        let parameters = old.mode.withLock { $0 }
+        mode.withLock { $0 = parameters }
+        softwareWriteProtect.store(old.softwareWriteProtect.load(ordering: .relaxed), ordering: .relaxed)
+        writeCacheEnabled.store(old.writeCacheEnabled.load(ordering: .relaxed), ordering: .relaxed)
+        let pending = old.unitAttentions.withLock { $0 }
+        unitAttentions.withLock { $0 = pending }
+        pendingUnitAttentions.store(pending.values.reduce(0) { $0 + $1.count }, ordering: .relaxed)
     }
 
     /// Number of logical blocks.

@@ -59,6 +59,10 @@ public struct SCSITargetError: Error, Sendable, Equatable, CustomStringConvertib
         case invalidLUN
         /// The reservation store under the state directory could not be opened.
         case reservationStore
+        /// No logical unit has this LUN.
+        case unknownLUN
+        /// A replacement device differs in block size or capacity.
+        case geometryMismatch
     }
     public var code: Code
     public var lun: UInt64
@@ -287,6 +291,30 @@ public final class SCSITarget: Sendable {
         guard removed != nil else { return false }
         for other in others { other.establishUnitAttention(.reportedLUNsDataChanged, except: nil) }
         return true
+    }
+
+    /// Puts `device` behind `lun` in place of its current device, which it returns (not closed: commands
+    /// already running finish on it). The LU stays the same to initiators: same identifiers, reservations, mode
+    /// parameters and usage, and no unit attention. `device` must have the same block size and capacity.
+    @discardableResult
+    public func replaceDevice(lun: UInt64, with device: any BlockDevice) throws(SCSITargetError) -> any BlockDevice {
+        let result: Result<any BlockDevice, SCSITargetError> = units.withLock { table in
+            guard let old = table[lun] else { return .failure(SCSITargetError(.unknownLUN, lun: lun)) }
+            guard old.blockSize == device.blockSize, old.device.blockCount == device.blockCount else {
+                return .failure(
+                    SCSITargetError(
+                        .geometryMismatch, lun: lun,
+                        "\(device.blockCount) blocks of \(device.blockSize) bytes for \(old.device.blockCount) of \(old.blockSize)"))
+            }
+            table[lun] = LogicalUnit(replacing: old, device: device)
+            return .success(old.device)
+        }
+        return try result.get()
+    }
+
+    /// How `lun` is presented (identifiers, product, write protection), nil for an unknown LUN.
+    public func configuration(lun: UInt64) -> LogicalUnitConfiguration? {
+        unit(lun)?.configuration
     }
 
     /// The device behind `lun`, nil for an unknown LUN.

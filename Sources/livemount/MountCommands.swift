@@ -256,6 +256,7 @@ struct StatusCommand: AsyncParsableCommand {
             }
         }
         for mount in status.mounts { print("  " + mount.line) }
+        for placeholder in status.placeholders ?? [] { print("  archived: " + placeholder.line) }
         if let cache = status.cache {
             let total = cache.hits + cache.misses
             let rate = total == 0 ? 0 : Double(cache.hits) * 100 / Double(total)

@@ -11,7 +11,7 @@ struct LiveMountTool: AsyncParsableCommand {
         subcommands: [
             BackupCommand.self, MountCommand.self, UnmountCommand.self, MountsCommand.self, StatusCommand.self,
             LUNCommand.self,
-            TraceCommand.self, RelocateCommand.self,
+            TraceCommand.self, RelocateCommand.self, ArchiveCommand.self,
         ]
     )
 }

@@ -10,6 +10,7 @@ import Prometheus
 import Relocation
 import Repository
 import SCSI
+import Synchronization
 import TargetServer
 
 /// The backup side of the daemon: the repository, the SSD-tier cache and the mount registry, opened when the
@@ -22,16 +23,23 @@ final class LiveMountRuntime: Sendable {
     let traces: TraceStore
     /// Relocation pumps.
     let relocations: RelocationService
+    /// Archived LUNs (`placeholders.sqlite` beside the mount registry).
+    let placeholders: PlaceholderStore
+    /// The LUNs being archived now (`TARGET/LUN`).
+    let archiving = Mutex<Set<String>>([])
+    let logger: Logger
 
     private init(
         repository: BackupRepository, cache: ChunkCache, mounts: MountManager, traces: TraceStore,
-        relocations: RelocationService
+        relocations: RelocationService, placeholders: PlaceholderStore, logger: Logger
     ) {
         self.repository = repository
         self.cache = cache
         self.mounts = mounts
         self.traces = traces
         self.relocations = relocations
+        self.placeholders = placeholders
+        self.logger = logger
     }
 
     /// Opens the repository (throttled as configured), the cache file and the registry. Overlays and
@@ -64,8 +72,10 @@ final class LiveMountRuntime: Sendable {
             repository: repository, source: source, cache: cache, directory: directory,
             overlayDirect: cacheSettings.direct, traces: traces, prefetch: configuration.prefetch, logger: logger)
         let relocations = RelocationService(mounts: mounts, settings: configuration.relocation, logger: logger)
+        let placeholders = try PlaceholderStore(path: directory + "/placeholders.sqlite")
         return LiveMountRuntime(
-            repository: repository, cache: cache, mounts: mounts, traces: traces, relocations: relocations)
+            repository: repository, cache: cache, mounts: mounts, traces: traces, relocations: relocations,
+            placeholders: placeholders, logger: logger)
     }
 
     /// Resumes the relocations of every served live mount from their checkpoints, and starts those the
@@ -98,6 +108,9 @@ final class LiveMountRuntime: Sendable {
     /// Opens a configured LUN: a live mount for `backup =` LUNs, the image or device otherwise.
     func openDevice(target: TargetDefinition, unit: LogicalUnitDefinition) async throws -> any BlockDevice {
         guard let backup = unit.backup else {
+            if let placeholder = try await restorePlaceholder(target: target.name, lun: unit.lun, path: unit.path) {
+                return placeholder
+            }
             return try LiveMountConfig.openDevice(
                 path: unit.path, readOnly: unit.readOnly, direct: unit.direct, blockSize: unit.blockSize)
         }
@@ -118,6 +131,8 @@ struct ControlRoutes: Sendable {
     /// Every swift-metrics metric of the daemon, for `GET /metrics`.
     let metrics: PrometheusCollectorRegistry
     let logger: Logger
+    /// The archive policy (`[archive]`), for its dry run.
+    var archive = ArchiveSettings()
 
     func handle(_ request: ControlRequest) async -> ControlResponse {
         do throws(ControlError) {
@@ -126,6 +141,27 @@ struct ControlRoutes: Sendable {
             case ("GET", 1) where path == ["metrics"], ("GET", 2) where path == ["v1", "metrics"]:
                 return .prometheus(metrics.emitToBuffer())
             case ("GET", 2) where path == ["v1", "status"]: return .json(try status())
+            case ("POST", 6) where path[0] == "v1" && path[1] == "targets" && path[3] == "luns" && path[5] == "archive":
+                return .json(
+                    try await requireRuntime().archive(server: server, target: path[2], lun: try Self.lun(path[4])),
+                    status: 201)
+            case ("GET", 2) where path == ["v1", "placeholders"]:
+                return .json(try requireRuntime().placeholderInfos())
+            case ("POST", 5) where path[0] == "v1" && path[1] == "placeholders" && path[4] == "recall":
+                return .json(
+                    try await requireRuntime().recallNow(server: server, target: path[2], lun: try Self.lun(path[3])))
+            case ("GET", 3) where path == ["v1", "archive", "candidates"]:
+                var idle = archive.idleSeconds
+                if let text = request.query["idle"] {
+                    guard let value = Int(text), value >= 0 else {
+                        throw ControlError(status: 400, "idle=\(text): expected a number of seconds")
+                    }
+                    idle = value
+                }
+                return .json(
+                    ArchiveCandidates(
+                        idleSeconds: idle, policyEnabled: archive.idleSeconds > 0,
+                        candidates: try requireRuntime().archiveCandidates(server: server, idleSeconds: idle)))
             case ("GET", 2) where path == ["v1", "mounts"]:
                 do {
                     return .json(try requireRuntime().mounts.records().map(MountInfo.init))
@@ -302,7 +338,9 @@ struct ControlRoutes: Sendable {
                 throw ControlError(status: 500, "\(error)")
             }
         }
-        return StatusInfo(sessions: server.sessionCount, targets: targets, mounts: mounts, cache: cacheBody)
+        return StatusInfo(
+            sessions: server.sessionCount, targets: targets, mounts: mounts, cache: cacheBody,
+            placeholders: try runtime?.placeholderInfos())
     }
 
     private func mount(_ request: MountRequest) async throws(ControlError) -> MountInfo {
@@ -393,6 +431,11 @@ struct ControlRoutes: Sendable {
             throw ControlError(status: 500, error.description)
         }
         guard let existing else { throw ControlError(status: 404, "no live mount on LUN \(lun) of target \(target)") }
+        guard existing.origin != .recall else {
+            throw ControlError(
+                status: 409,
+                "LUN \(lun) of target \(target) is an archived LUN being recalled: it returns to primary storage by itself")
+        }
         await runtime.relocations.forget(mountID: existing.id)
         if let scsi = server.scsiTarget(named: target), let device = scsi.device(lun: lun) {
             scsi.removeLogicalUnit(lun: lun)

@@ -308,9 +308,12 @@ struct Livemountd: AsyncParsableCommand {
                 }
             }
         }
+        await runtime?.restoreRemainingPlaceholders(server: server)
         await runtime?.startRelocations(server: server, configuration: configuration, logger: logger)
         var controls: [ControlServer] = []
-        let routes = ControlRoutes(server: server, runtime: runtime, metrics: metrics, logger: logger)
+        var configuredRoutes = ControlRoutes(server: server, runtime: runtime, metrics: metrics, logger: logger)
+        configuredRoutes.archive = configuration.archive
+        let routes = configuredRoutes
         if let socket = configuration.effectiveControlSocket {
             let controlServer = ControlServer(socketPath: socket, logger: logger) { await routes.handle($0) }
             do {
@@ -348,6 +351,10 @@ struct Livemountd: AsyncParsableCommand {
         print("livemountd: listening on \(bound.joined(separator: ", ")) (\(Self.summary(configuration.targets)))")
         fflush(nil)
 
+        let policy = Task { [runtime] in
+            await runtime?.runArchivePolicy(server: server, settings: configuration.archive)
+        }
+        defer { policy.cancel() }
         let group = ServiceGroup(services: [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         do {
             try await group.run()

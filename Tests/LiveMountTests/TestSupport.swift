@@ -171,6 +171,20 @@ func readWholeLUN(url: String, blocksPerRead: Int = 256, initiator: String = "iq
     }
 }
 
+/// Runs the `livemount` tool; returns its exit status and standard output + error.
+func runLivemountTool(_ arguments: [String]) throws -> (status: Int32, output: String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: builtProduct("livemount"))
+        process.arguments = arguments
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        try process.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+}
+
 /// The path of a product built beside the test bundle (`livemountd`, `livemount`).
 func builtProduct(_ name: String) -> String {
     URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent(name).path

@@ -10,7 +10,7 @@ struct LUNUsageTests {
     @Test("reads and writes (all paths) count and set the last access; TEST UNIT READY and INQUIRY do not")
     func counts() async throws {
         let f = try Fixture()
-        #expect(f.target.usage(lun: 0) == LUNUsage.Snapshot(reads: 0, writes: 0, lastAccess: nil))
+        #expect(f.target.usage(lun: 0) == LUNUsage.Snapshot(reads: 0, writes: 0, lastAccess: nil, since: f.target.usage(lun: 0)!.since))
         #expect(f.target.usage(lun: 7) == nil)
 
         _ = await f.run(testUnitReady)
