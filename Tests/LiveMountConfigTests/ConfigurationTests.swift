@@ -350,7 +350,7 @@ struct ConfigurationTests {
             message: "did you mean max_burst_length?")
         expectIssue(
             Self.document(image: image, top: "colour = 1"), field: "colour",
-            message: "unknown key (expected one of: daemon, portals, iscsi, discovery, repository, cache, prefetch, relocation, targets)")
+            message: "unknown key (expected one of: daemon, portals, iscsi, discovery, repository, cache, prefetch, relocation, archive, targets)")
         expectIssue(
             Self.document(image: image, extra: "chap = { user = \"u\", secret = \"0123456789abc\", salt = 1 }"),
             field: "targets[0].chap.salt", message: "unknown key")
