@@ -1,4 +1,5 @@
 import Prefetch
+import Relocation
 
 // MARK: - The control API's bodies (shared by livemountd and the livemount CLI)
 
@@ -188,15 +189,35 @@ public struct StatusInfo: Codable, Sendable, Equatable {
     public var cache: Cache?
     /// Archived LUNs (nil without a repository).
     public var placeholders: [PlaceholderInfo]?
+    /// Every relocation the daemon knows, completed ones included (nil without a repository).
+    public var relocations: [RelocationStatus]?
+    /// The prefetcher of each mount that follows a plan.
+    public var prefetch: [MountPrefetch]?
+
+    /// One mount's prefetch figures.
+    public struct MountPrefetch: Codable, Sendable, Equatable {
+        public var target: String
+        public var lun: UInt64
+        public var statistics: PrefetchStatistics
+
+        public init(target: String, lun: UInt64, statistics: PrefetchStatistics) {
+            self.target = target
+            self.lun = lun
+            self.statistics = statistics
+        }
+    }
 
     public init(
-        sessions: Int, targets: [Target], mounts: [MountInfo], cache: Cache?, placeholders: [PlaceholderInfo]? = nil
+        sessions: Int, targets: [Target], mounts: [MountInfo], cache: Cache?, placeholders: [PlaceholderInfo]? = nil,
+        relocations: [RelocationStatus]? = nil, prefetch: [MountPrefetch]? = nil
     ) {
         self.sessions = sessions
         self.targets = targets
         self.mounts = mounts
         self.cache = cache
         self.placeholders = placeholders
+        self.relocations = relocations
+        self.prefetch = prefetch
     }
 }
 

@@ -279,12 +279,22 @@ private final class ControlHTTPHandler: ChannelInboundHandler, RemovableChannelH
 
 // MARK: - Client
 
-/// The CLI's side: one request per connection to the daemon's socket.
+/// The CLI's side: one request per connection, to the daemon's Unix socket or to its loopback TCP listener (with
+/// the bearer token).
 public struct ControlClient: Sendable {
+    /// The Unix socket, or `host:port` for TCP (for messages).
     public let socketPath: String
+    private let tcp: (host: String, port: Int, token: String)?
 
     public init(socketPath: String) {
         self.socketPath = socketPath
+        self.tcp = nil
+    }
+
+    /// A client of the TCP listener at `host:port`, sending `Authorization: Bearer token`.
+    public init(host: String, port: Int, token: String) {
+        self.socketPath = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+        self.tcp = (host, port, token)
     }
 
     /// Sends one request and returns the status and body. Throws `ControlError` with status 0 when the daemon
@@ -294,14 +304,18 @@ public struct ControlClient: Sendable {
         let promise = group.next().makePromise(of: ControlResponse.self)
         let channel: any Channel
         do {
-            channel = try await ClientBootstrap(group: group)
+            let bootstrap = ClientBootstrap(group: group)
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.addHTTPClientHandlers()
                         try channel.pipeline.syncOperations.addHandler(ControlClientHandler(promise: promise))
                     }
                 }
-                .connect(unixDomainSocketPath: socketPath).get()
+            if let tcp {
+                channel = try await bootstrap.connect(host: tcp.host, port: tcp.port).get()
+            } else {
+                channel = try await bootstrap.connect(unixDomainSocketPath: socketPath).get()
+            }
         } catch {
             promise.fail(error)
             throw ControlError(
@@ -309,6 +323,7 @@ public struct ControlClient: Sendable {
         }
         var headers = HTTPHeaders()
         headers.add(name: "Host", value: "livemountd")
+        if let tcp { headers.add(name: "Authorization", value: "Bearer \(tcp.token)") }
         headers.add(name: "Content-Length", value: "\(body.count)")
         headers.add(name: "Content-Type", value: "application/json")
         headers.add(name: "Connection", value: "close")

@@ -1,11 +1,13 @@
 import ArgumentParser
 import ControlPlane
 import Foundation
+import Relocation
 
 // MARK: - Talking to the daemon
 
-/// Where the daemon's control socket is: `--socket`, else $LIVEMOUNT_SOCKET, else the default state directory of
-/// conf/livemount.toml.
+/// How to reach the daemon: its control socket (`--socket`, else $LIVEMOUNT_SOCKET, else the default state
+/// directory of conf/livemount.toml), or its loopback TCP listener (`--control HOST:PORT` or $LIVEMOUNT_CONTROL,
+/// with the bearer token read from `--token-file` or $LIVEMOUNT_TOKEN_FILE).
 struct DaemonOptions: ParsableArguments {
     @Option(
         help: ArgumentHelp(
@@ -13,16 +15,52 @@ struct DaemonOptions: ParsableArguments {
             valueName: "path"))
     var socket: String?
 
+    @Option(
+        help: ArgumentHelp(
+            "livemountd's TCP control listener instead of the socket (default: $LIVEMOUNT_CONTROL); needs --token-file.",
+            valueName: "host:port"))
+    var control: String?
+
+    @Option(
+        name: .customLong("token-file"),
+        help: ArgumentHelp(
+            "The file holding the TCP listener's bearer token (default: $LIVEMOUNT_TOKEN_FILE).", valueName: "path"))
+    var tokenFile: String?
+
     var socketPath: String {
         socket ?? ProcessInfo.processInfo.environment["LIVEMOUNT_SOCKET"] ?? "/var/tmp/livemount/state/control.sock"
+    }
+
+    private var environment: [String: String] { ProcessInfo.processInfo.environment }
+
+    /// The client for the chosen transport; a bad --control or token file is a clear error.
+    func client() throws -> ControlClient {
+        guard let address = control ?? (socket == nil ? environment["LIVEMOUNT_CONTROL"] : nil), !address.isEmpty else {
+            return ControlClient(socketPath: socketPath)
+        }
+        guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]),
+            (1...65535).contains(port)
+        else {
+            throw CLIError("--control \(address): expected HOST:PORT (e.g. 127.0.0.1:9090)")
+        }
+        let host = String(address[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+        guard let path = tokenFile ?? environment["LIVEMOUNT_TOKEN_FILE"], !path.isEmpty else {
+            throw CLIError("--control \(address) needs --token-file (or $LIVEMOUNT_TOKEN_FILE): the listener's bearer token")
+        }
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw CLIError("--token-file \(path): cannot be read")
+        }
+        let token = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        guard !token.isEmpty else { throw CLIError("--token-file \(path): the file is empty") }
+        return ControlClient(host: host, port: port, token: token)
     }
 
     /// Sends one call; prints the daemon's error message and exits 1 when it fails.
     func call(_ method: String, _ path: String, body: [UInt8] = []) async throws -> [UInt8] {
         let response: ControlResponse
         do {
-            response = try await ControlClient(socketPath: socketPath).send(method, path, body: body)
-        } catch {
+            response = try await client().send(method, path, body: body)
+        } catch let error as ControlError {
             throw CLIError(error.message)
         }
         guard (200..<300).contains(response.status) else {
@@ -257,6 +295,16 @@ struct StatusCommand: AsyncParsableCommand {
         }
         for mount in status.mounts { print("  " + mount.line) }
         for placeholder in status.placeholders ?? [] { print("  archived: " + placeholder.line) }
+        for relocation in status.relocations ?? [] {
+            print("  relocation \(relocation.target)/\(relocation.lun): " + RelocationProgressFormat.line(relocation))
+        }
+        for mount in status.prefetch ?? [] {
+            let p = mount.statistics
+            print(
+                String(
+                    format: "  prefetch %@/%llu: %@, %@ staged, precision %.3f, recall %.3f", mount.target, mount.lun,
+                    p.phase, RelocationProgressFormat.bytes(p.stagedBytes), p.precision, p.recall))
+        }
         if let cache = status.cache {
             let total = cache.hits + cache.misses
             let rate = total == 0 ? 0 : Double(cache.hits) * 100 / Double(total)

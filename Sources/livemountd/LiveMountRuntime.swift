@@ -338,9 +338,18 @@ struct ControlRoutes: Sendable {
                 throw ControlError(status: 500, "\(error)")
             }
         }
+        var prefetch: [StatusInfo.MountPrefetch] = []
+        for mount in mounts where mount.state == "mounted" {
+            let device = server.scsiTarget(named: mount.target)?.device(lun: mount.lun)
+            let live = (device as? LiveMountDevice) ?? ((device as? PlaceholderDevice)?.recalledDevice as? LiveMountDevice)
+            if let statistics = live?.activity.prefetcher?.statistics {
+                prefetch.append(StatusInfo.MountPrefetch(target: mount.target, lun: mount.lun, statistics: statistics))
+            }
+        }
         return StatusInfo(
             sessions: server.sessionCount, targets: targets, mounts: mounts, cache: cacheBody,
-            placeholders: try runtime?.placeholderInfos())
+            placeholders: try runtime?.placeholderInfos(), relocations: try? runtime?.relocations.all(),
+            prefetch: runtime == nil ? nil : prefetch)
     }
 
     private func mount(_ request: MountRequest) async throws(ControlError) -> MountInfo {

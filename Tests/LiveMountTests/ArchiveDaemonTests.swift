@@ -68,6 +68,7 @@ struct ArchiveDaemonTests {
         #expect(firstDifference([UInt8](file), bench.contents) == nil, "relocated back to its path, byte for byte")
         let status = try bench.cli(["status"])
         #expect(status.output.contains("archived: \(Self.target) LUN 0  recalled"), "\(status.output)")
+        #expect(status.output.contains("relocation \(Self.target)/0: completed"), "\(status.output)")
 
         // After a restart the LUN is the plain image again, and can be archived again.
         daemon.stop()

@@ -233,6 +233,18 @@ struct DaemonTests {
         // The Unix socket is unchanged: no token there.
         let local = try runCurl(socket: fixture.scratch.path + "/daemon-state/control.sock", path: "/v1/status")
         #expect(local.hasPrefix("HTTP/1.1 200"))
+
+        // The CLI over TCP, with the token file; without it, or with a wrong token, a clear refusal.
+        let cli = try runCLI(["status", "--control", "127.0.0.1:\(port)", "--token-file", tokenFile])
+        #expect(cli.status == 0 && cli.output.contains("target \(DaemonTests.target)"), "\(cli.output)")
+        let noToken = try runCLI(["mounts", "--control", "127.0.0.1:\(port)"])
+        #expect(noToken.status == 1 && noToken.output.contains("needs --token-file"), "\(noToken.output)")
+        let wrongFile = fixture.scratch.path + "/wrong.token"
+        _ = FileManager.default.createFile(atPath: wrongFile, contents: Data("not-the-token-at-all".utf8))
+        let wrongToken = try runCLI(["mounts", "--control", "127.0.0.1:\(port)", "--token-file", wrongFile])
+        #expect(wrongToken.status == 1 && wrongToken.output.contains("Authorization: Bearer"), "\(wrongToken.output)")
+        let badAddress = try runCLI(["mounts", "--control", "127.0.0.1", "--token-file", tokenFile])
+        #expect(badAddress.status == 1 && badAddress.output.contains("expected HOST:PORT"), "\(badAddress.output)")
     }
 
     @Test("livemount lun soak: sessions on a live mount and verified reads, no errors; a bad argument is refused")
