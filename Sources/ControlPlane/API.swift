@@ -331,3 +331,61 @@ public struct ArchiveCandidates: Codable, Sendable, Equatable {
         self.candidates = candidates
     }
 }
+
+// MARK: - Backups, traces, cache (issue 6)
+
+/// A backup as `GET /v1/backups` and `GET /v1/backups/ID` show it.
+public struct BackupView: Codable, Sendable, Equatable {
+    public struct Disk: Codable, Sendable, Equatable {
+        public var name: String
+        public var sizeBytes: UInt64
+        public var chunkSize: Int
+        public var chunks: Int
+        public var zeroChunks: Int
+        /// Bytes of chunk files this backup added (compressed, its share of new data).
+        public var storedBytes: UInt64
+
+        public init(name: String, sizeBytes: UInt64, chunkSize: Int, chunks: Int, zeroChunks: Int, storedBytes: UInt64) {
+            self.name = name
+            self.sizeBytes = sizeBytes
+            self.chunkSize = chunkSize
+            self.chunks = chunks
+            self.zeroChunks = zeroChunks
+            self.storedBytes = storedBytes
+        }
+    }
+
+    public var id: Int64
+    public var vm: String
+    /// ISO 8601 (UTC).
+    public var createdAt: String
+    public var configurationName: String
+    public var disks: [Disk]
+    /// Who holds it (live mounts, placeholders): it cannot be deleted while held.
+    public var holds: [String]
+
+    public init(id: Int64, vm: String, createdAt: String, configurationName: String, disks: [Disk], holds: [String]) {
+        self.id = id
+        self.vm = vm
+        self.createdAt = createdAt
+        self.configurationName = configurationName
+        self.disks = disks
+        self.holds = holds
+    }
+}
+
+/// `POST /v1/profiles/PROFILE/train`: train the profile's prefetch plan from its traces (all of them by default).
+public struct TrainRequest: Codable, Sendable, Equatable {
+    /// Train from these traces only.
+    public var traces: [Int64]?
+    /// Drop extents read by a smaller share of the traces (0...1, default 0.25).
+    public var minSupport: Double?
+    /// Plan granularity in bytes (default: the traces' chunk size).
+    public var granularity: Int?
+
+    public init(traces: [Int64]? = nil, minSupport: Double? = nil, granularity: Int? = nil) {
+        self.traces = traces
+        self.minSupport = minSupport
+        self.granularity = granularity
+    }
+}

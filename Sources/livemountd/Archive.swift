@@ -6,6 +6,7 @@ import Glibc
 import LiveMount
 import LiveMountConfig
 import Logging
+import Metrics
 import Relocation
 import Repository
 import SCSI
@@ -135,6 +136,7 @@ extension LiveMountRuntime {
         await primary.close()
         release(path: primary.path, blockDevice: primary.isBlockDevice, bytes: primary.capacity)
         placeholder.archived(recall: recaller(record))
+        Counter(label: "livemount_archives_total").increment()
         logger.info(
             "LUN archived",
             metadata: [
@@ -179,6 +181,7 @@ extension LiveMountRuntime {
     /// (logged; `livemount relocate start` can start it): the initiator gets its data either way.
     private func recall(_ record: PlaceholderRecord) async throws -> any BlockDevice {
         logger.info("recalling an archived LUN", metadata: ["target": "\(record.target)", "lun": "\(record.lun)"])
+        Counter(label: "livemount_recalls_total").increment()
         let mount: MountRecord
         let device: LiveMountDevice
         if let existing = try mounts.record(target: record.target, lun: record.lun), existing.origin == .recall {

@@ -136,6 +136,7 @@ struct ControlRoutes: Sendable {
 
     func handle(_ request: ControlRequest) async -> ControlResponse {
         do throws(ControlError) {
+            if let answer = try await repositoryRoute(request) { return answer }
             let path = request.pathSegments
             switch (request.method, path.count) {
             case ("GET", 1) where path == ["metrics"], ("GET", 2) where path == ["v1", "metrics"]:
@@ -303,7 +304,7 @@ struct ControlRoutes: Sendable {
         return ControlError(status: status, error.description)
     }
 
-    private func requireRuntime() throws(ControlError) -> LiveMountRuntime {
+    func requireRuntime() throws(ControlError) -> LiveMountRuntime {
         guard let runtime else {
             throw ControlError(
                 status: 409, "this daemon has no backup repository: configure [repository] and [cache] (or --repo/--cache)")

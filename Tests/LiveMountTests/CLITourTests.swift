@@ -1,6 +1,7 @@
 import BlockDevice
 import ControlPlane
 import Foundation
+import Prefetch
 import Testing
 
 #if canImport(Glibc)
@@ -205,6 +206,47 @@ struct CLITourTests {
         try tour.fails(["trace", "replay", "1", "--url", "http://x"] + db, "iscsi://")
         try tour.ok(["trace", "delete", "2"] + db)
         try tour.fails(["trace", "delete", "2"] + db, "2")
+    }
+
+    @Test("the control API's backup, trace, plan and cache calls, and their errors")
+    func repositoryAPI() async throws {
+        let tour = try await Tour.start()
+        defer { tour.stop() }
+        let client = ControlClient(socketPath: tour.socket)
+        func call(_ method: String, _ path: String, _ body: String = "") async throws -> (Int, String) {
+            let response = try await client.send(method, path, body: Array(body.utf8))
+            return (response.status, String(decoding: response.body, as: UTF8.self))
+        }
+        let (listed, backups) = try await call("GET", "/v1/backups")
+        #expect(listed == 200)
+        let views = try JSONDecoder().decode([BackupView].self, from: Data(backups.utf8))
+        #expect(views.map(\.vm) == ["web01"] && views.first?.holds.isEmpty == false, "held by the mount: \(backups)")
+        #expect(try await call("GET", "/v1/backups/1").0 == 200)
+        #expect(try await call("GET", "/v1/backups/99").0 == 404)
+        #expect(try await call("GET", "/v1/backups/x").0 == 400)
+        let held = try await call("DELETE", "/v1/backups/1")
+        #expect(held.0 == 409 && held.1.contains("held"), "\(held)")
+        #expect(try await call("GET", "/v1/cache").0 == 200)
+
+        let mount = "/v1/mounts/\(Self.target)/0/trace"
+        #expect(try await call("POST", mount, #"{"action":"start","profile":"api"}"#).0 == 200)
+        _ = try await readWholeLUN(url: tour.daemon.url(0), blocksPerRead: 128)
+        #expect(try await call("POST", mount, #"{"action":"stop"}"#).0 == 200)
+        let traces = try await call("GET", "/v1/traces?profile=api")
+        #expect(traces.0 == 200 && traces.1.contains("\"profile\" : \"api\""), "\(traces)")
+        let csv = try await call("GET", "/v1/traces/1/csv")
+        #expect(csv.0 == 200 && csv.1.split(separator: "\n").count > 10)
+        #expect(try await call("GET", "/v1/profiles/api/plan").0 == 404, "not trained yet")
+        let trained = try await call("POST", "/v1/profiles/api/train", #"{"minSupport":0.5}"#)
+        #expect(trained.0 == 201, "\(trained)")
+        let plan = try JSONDecoder().decode(PrefetchPlan.self, from: Data(try await call("GET", "/v1/profiles/api/plan").1.utf8))
+        #expect(plan.profile == "api" && !plan.entries.isEmpty)
+        #expect(try await call("POST", "/v1/profiles/api/train", #"{"minSupport":3}"#).0 == 400)
+        #expect(try await call("POST", "/v1/profiles/nobody/train").0 == 404)
+        #expect(try await call("POST", "/v1/profiles/api/train", #"{"traces":[42]}"#).0 == 404)
+        #expect(try await call("DELETE", "/v1/traces/1").0 == 200)
+        #expect(try await call("DELETE", "/v1/traces/1").0 == 404)
+        #expect(try await call("GET", "/v1/traces/1").0 == 404)
     }
 }
 
