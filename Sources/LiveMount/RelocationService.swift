@@ -33,6 +33,8 @@ public final class RelocationService: Sendable {
     private let settings: RelocationSettings
     private let logger: Logger
     private let pumps = Mutex<[Int64: RelocationPump]>([:])
+    /// Called once when the relocation of a mount completes (after the switchover), by mount id.
+    private let completionObservers = Mutex<[Int64: @Sendable () async -> Void]>([:])
 
     public init(mounts: MountManager, settings: RelocationSettings, logger: Logger) {
         self.mounts = mounts
@@ -180,7 +182,12 @@ public final class RelocationService: Sendable {
         let pump = RelocationPump(
             record: relocation, tracker: tracker, source: device, primary: destination, store: store,
             settings: pumpSettings, logger: logger,
-            onCompleted: { mounts.relocationCompleted(record) })
+            onCompleted: { [weak self] in
+                mounts.relocationCompleted(record)
+                if let observer = self?.completionObservers.withLock({ $0.removeValue(forKey: record.id) }) {
+                    await observer()
+                }
+            })
         pumps.withLock { $0[record.id] = pump }
         return pump
     }
@@ -244,6 +251,11 @@ public final class RelocationService: Sendable {
         let phase = pump.status.phase
         guard !phase.isFinal else { throw RelocationServiceError(.conflict, "the relocation is \(phase.rawValue)") }
         return await pump.cancel()
+    }
+
+    /// Runs `body` (once) when the relocation of mount `mountID` completes; it replaces an earlier observer.
+    public func onCompletion(mountID: Int64, _ body: @escaping @Sendable () async -> Void) {
+        completionObservers.withLock { $0[mountID] = body }
     }
 
     /// Stops and forgets the pump of a mount being unmounted.

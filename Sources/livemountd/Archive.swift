@@ -194,6 +194,7 @@ extension LiveMountRuntime {
                 readOnly: record.readOnly, origin: .recall, blockSize: record.blockSize)
         }
         try placeholders.setRecalling(target: record.target, lun: record.lun, mountID: mount.id)
+        relocations.onCompletion(mountID: mount.id) { [self] in Task { await self.finishRecall(record) } }
         if (try? relocations.status(mountID: mount.id)) == nil {
             do {
                 _ = try await relocations.start(record: mount, device: device, to: record.path)
@@ -204,6 +205,44 @@ extension LiveMountRuntime {
             }
         }
         return device
+    }
+
+    /// The recall's relocation completed: the LUN goes back to being the plain image at its path (so it can be
+    /// archived again), and the recall's mount and the placeholder are forgotten. Commands already running on
+    /// the recalled mount finish there (it writes the same primary); it is closed a while later.
+    func finishRecall(_ record: PlaceholderRecord) async {
+        guard let scsi = server.withLock({ $0 })?.scsiTarget(named: record.target),
+            let placeholder = scsi.device(lun: record.lun) as? PlaceholderDevice
+        else { return }
+        do {
+            let file = try LiveMountConfig.openDevice(
+                path: record.path, readOnly: record.readOnly, direct: true, blockSize: record.blockSize)
+            do {
+                try scsi.replaceDevice(lun: record.lun, with: file)
+            } catch {
+                await file.close()
+                throw error
+            }
+        } catch {
+            // The recalled mount keeps serving the primary; the next start finishes the recall.
+            logger.warning(
+                "cannot reopen the recalled LUN's image; the relocated mount keeps serving it",
+                metadata: ["target": "\(record.target)", "lun": "\(record.lun)", "error": "\(error)"])
+            return
+        }
+        if let id = record.mountID ?? (try? mounts.record(target: record.target, lun: record.lun))??.id {
+            await relocations.forget(mountID: id)
+        }
+        _ = try? await mounts.unmount(target: record.target, lun: record.lun, keepOverlay: false)
+        try? placeholders.delete(target: record.target, lun: record.lun)
+        try? repository.removeHold(
+            backupID: record.backupID, holder: Self.placeholderHolder(target: record.target, lun: record.lun))
+        logger.info(
+            "recall completed; the LUN is its image again", metadata: ["target": "\(record.target)", "lun": "\(record.lun)"])
+        Task {
+            try? await Task.sleep(for: .seconds(30))
+            await placeholder.close()
+        }
     }
 
     /// An operator's recall (`POST /v1/placeholders/T/N/recall`): as a first access would.
@@ -257,6 +296,7 @@ extension LiveMountRuntime {
                 return nil
             }
             let device = try await mounts.reopen(mount, blockSize: record.blockSize)
+            relocations.onCompletion(mountID: id) { [self] in Task { await self.finishRecall(record) } }
             await relocations.resume(record: mount, device: device)
             return PlaceholderDevice(recalled: device, supportsUnmap: record.supportsUnmap)
         }

@@ -27,6 +27,8 @@ final class LiveMountRuntime: Sendable {
     let placeholders: PlaceholderStore
     /// The LUNs being archived now (`TARGET/LUN`).
     let archiving = Mutex<Set<String>>([])
+    /// The target server, once it exists (a completed recall puts the plain image back in its target).
+    let server = Mutex<ISCSITargetServer?>(nil)
     let logger: Logger
 
     private init(

@@ -289,6 +289,7 @@ struct Livemountd: AsyncParsableCommand {
             await server.shutdown()
             return 2
         }
+        runtime?.server.withLock { $0 = server }
         if let runtime {
             for (record, device) in await runtime.mounts.restoreAPIMounts() {
                 do {

@@ -161,6 +161,7 @@ struct CLITourTests {
         try tour.ok(["relocate", "start", lun, "--to", destination, "--wait", "--interval", "0.2"], daemon: true, contains: ["completed"])
         let file = try Data(contentsOf: URL(fileURLWithPath: destination))
         #expect([UInt8](file) == tour.fixture.disk)
+        try tour.ok(["status"], daemon: true, contains: ["relocation \(lun): completed"])
     }
 
     @Test("trace record, list, show, export, import, delete, train, plan, files and replay, and their errors")
