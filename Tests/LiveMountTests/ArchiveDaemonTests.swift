@@ -131,6 +131,36 @@ struct ArchiveDaemonTests {
         #expect(firstDifference(try await readWholeLUN(url: daemon.url(0)), expected) == nil)
     }
 
+    @Test("the policy archives a LUN idle longer than idle_seconds by itself, and not one in use")
+    func policy() async throws {
+        let bench = try await ArchiveBench.make(archive: "idle_seconds = 3\ncheck_seconds = 1")
+        let daemon = try bench.startDaemon()
+        defer { daemon.stop() }
+        // While a session keeps reading LUN 0, the policy leaves it alone.
+        let deadline = Date().addingTimeInterval(6)
+        try await onThread { [url = daemon.url(0)] in
+            let client = ISCSIClient()
+            try client.connect(url: url, initiatorName: "iqn.2026-11.org.livemount:busy")
+            defer { try? client.logout() }
+            while Date() < deadline {
+                _ = try client.read(lba: 0, blocks: 8)
+                Thread.sleep(forTimeInterval: 0.2)
+            }
+        }
+        #expect(try await bench.placeholders().isEmpty, "a LUN read every 0.2 s is not idle")
+        let candidates = try bench.cli(["archive", "candidates"])
+        #expect(candidates.output.contains("policy archives them by itself"), "\(candidates.output)")
+        // Left alone, it is archived within a few checks.
+        var archived: [PlaceholderInfo] = []
+        for _ in 0..<600 where archived.isEmpty {
+            try await Task.sleep(for: .milliseconds(100))
+            archived = try await bench.placeholders()
+        }
+        #expect(archived.map(\.state) == ["archived"], "\(bench.logTail())")
+        #expect(bench.primaryAllocation()?.blocks == 0)
+        #expect(firstDifference(try await readWholeLUN(url: daemon.url(0)), bench.contents) == nil)
+    }
+
     /// READ CAPACITY (16), VPD 80h and VPD 83h of `url`'s LUN.
     func identity(url: String) async throws -> [[UInt8]] {
         try await onThread {
@@ -157,7 +187,7 @@ struct ArchiveBench {
     var primaryPath: String { fixture.scratch.path + "/primary.img" }
     var socketPath: String { fixture.scratch.path + "/daemon-state/control.sock" }
 
-    static func make(maxRateMiB: Int = 16) async throws -> ArchiveBench {
+    static func make(maxRateMiB: Int = 16, archive: String = "idle_seconds = 0") async throws -> ArchiveBench {
         let fixture = try await Fixture.make()
         await fixture.cache.close()
         let root = fixture.scratch.path
@@ -184,7 +214,7 @@ struct ArchiveBench {
             checkpoint_seconds = 1
 
             [archive]
-            idle_seconds = 0
+            \(archive)
 
             [[targets]]
             name = "\(ArchiveDaemonTests.target)"
