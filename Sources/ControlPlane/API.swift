@@ -103,7 +103,7 @@ public struct MountInfo: Codable, Sendable, Equatable {
     public var backupID: Int64
     public var disk: String
     public var readOnly: Bool
-    /// `configuration` or `api`.
+    /// `configuration`, `api`, or `recall` (the recall of an archived LUN).
     public var origin: String
     /// `mounted`, or `kept` (unmounted, overlay kept).
     public var state: String

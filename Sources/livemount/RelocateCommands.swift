@@ -81,7 +81,8 @@ struct RelocateStartCommand: AsyncParsableCommand {
     @Option(
         name: .customLong("max-rate"),
         help: ArgumentHelp(
-            "A ceiling in MiB/s for this relocation, 0 = none (default: max_rate_mib).", valueName: "mib"))
+            "A ceiling in MiB/s for this relocation, at least 1; it can only lower [relocation] max_rate_mib "
+                + "(default: that setting).", valueName: "mib"))
     var maxRate: Int?
 
     @Flag(help: "Show the progress until the relocation ends; exit status 0 only when it completed.")
@@ -91,7 +92,7 @@ struct RelocateStartCommand: AsyncParsableCommand {
 
     func validate() throws {
         if to.isEmpty { throw ValidationError("--to: a destination URL must not be empty") }
-        if let maxRate, maxRate < 0 { throw ValidationError("--max-rate \(maxRate): must not be negative") }
+        if let maxRate, maxRate < 1 { throw ValidationError("--max-rate \(maxRate): must be at least 1 MiB/s") }
     }
 
     func run() async throws {

@@ -103,7 +103,7 @@ struct Livemountd: AsyncParsableCommand {
 
     @Option(
         name: .customLong("state-dir"),
-        help: ArgumentHelp("Directory for state that survives restarts (persistent reservations).", valueName: "dir"))
+        help: ArgumentHelp("Directory for state that survives restarts (reservations, mounts and overlays, relocations, placeholders, traces, API changes).", valueName: "dir"))
     var stateDir: String?
 
     @Option(

@@ -145,6 +145,7 @@ struct CLITourTests {
         try tour.fails(["relocate", "start", "\(Self.target)/7", "--to", destination], daemon: true, "no live mount on LUN 7")
         try tour.fails(["relocate", "start", lun, "--to", "ftp://x"], daemon: true, "ftp://x")
         try tour.fails(["relocate", "start", "not-a-mount", "--to", destination], daemon: true, "TARGET/LUN")
+        try tour.fails(["relocate", "start", lun, "--to", destination, "--max-rate", "0"], daemon: true, "at least 1")
 
         // 1 MiB/s: the 16 MiB relocation lasts long enough to pause, resume and cancel it.
         try tour.ok(["relocate", "start", lun, "--to", destination, "--max-rate", "1"], daemon: true, contains: ["copying"])
