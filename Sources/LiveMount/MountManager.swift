@@ -281,7 +281,11 @@ public final class MountManager: Sendable {
         do {
             manifest = try known ?? repository.manifest(backupID: record.backupID, disk: record.disk)
         } catch {
-            throw MountError(.notFound, "\(error)")
+            // A relocated mount no longer needs its backup (its hold went at the switchover, so the backup may
+            // have been deleted): it is served from its primary, with a manifest of the right size only.
+            guard let relocation = (try? relocations.record(mountID: record.id)) ?? nil, relocation.phase == .completed
+            else { throw MountError(.notFound, "\(error)") }
+            manifest = DiskManifest(name: record.disk, size: relocation.totalBytes, chunkSize: relocation.regionBytes)
         }
         if let relocated = try await openRelocated(record, manifest: manifest, blockSize: blockSize) {
             return relocated

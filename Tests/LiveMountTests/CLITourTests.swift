@@ -18,6 +18,7 @@ struct CLITourTests {
     struct Tour {
         let fixture: Fixture
         let daemon: DaemonTests.Daemon
+        let arguments: [String]
         var repository: String { fixture.repositoryPath }
         var socket: String { fixture.scratch.path + "/daemon-state/control.sock" }
         var traces: String { fixture.scratch.path + "/daemon-state/traces.sqlite" }
@@ -25,13 +26,13 @@ struct CLITourTests {
         static func start(extra: [String] = []) async throws -> Tour {
             let fixture = try await Fixture.make()
             await fixture.cache.close()
-            let daemon = try DaemonTests.Daemon(
-                arguments: [
+            let arguments =
+                [
                     "--target", CLITourTests.target, "--repo", fixture.repositoryPath,
                     "--cache", fixture.scratch.path + "/daemon-cache.img,64M",
                     "--state-dir", fixture.scratch.path + "/daemon-state", "--lun", "0=backup:web01",
-                ] + extra)
-            return Tour(fixture: fixture, daemon: daemon)
+                ] + extra
+            return Tour(fixture: fixture, daemon: try DaemonTests.Daemon(arguments: arguments), arguments: arguments)
         }
 
         /// `livemount ARGS`; with `daemon`, `--socket SOCKET` is added.
@@ -163,6 +164,14 @@ struct CLITourTests {
         let file = try Data(contentsOf: URL(fileURLWithPath: destination))
         #expect([UInt8](file) == tour.fixture.disk)
         try tour.ok(["status"], daemon: true, contains: ["relocation \(lun): completed"])
+
+        // A relocated LUN no longer needs its backup: delete it, collect its chunks, restart, read.
+        try tour.ok(["backup", "delete", "1", "--repo", tour.repository])
+        try tour.ok(["backup", "gc", "--repo", tour.repository])
+        tour.stop()
+        let restarted = try DaemonTests.Daemon(arguments: tour.arguments)
+        defer { restarted.stop() }
+        #expect(try await readWholeLUN(url: restarted.url(0)) == tour.fixture.disk, "served from the primary alone")
     }
 
     @Test("trace record, list, show, export, import, delete, train, plan, files and replay, and their errors")
