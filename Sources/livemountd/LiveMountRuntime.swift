@@ -118,9 +118,12 @@ struct ControlRoutes: Sendable {
     /// Every swift-metrics metric of the daemon, for `GET /metrics`.
     let metrics: PrometheusCollectorRegistry
     let logger: Logger
+    /// Where target, LUN, ACL and CHAP changes are kept (`TargetRoutes.swift`).
+    let targetControl: TargetControl
 
     func handle(_ request: ControlRequest) async -> ControlResponse {
         do throws(ControlError) {
+            if let answer = try await targetRoute(request) { return answer }
             let path = request.pathSegments
             switch (request.method, path.count) {
             case ("GET", 1) where path == ["metrics"], ("GET", 2) where path == ["v1", "metrics"]:

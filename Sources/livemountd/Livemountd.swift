@@ -280,6 +280,18 @@ struct Livemountd: AsyncParsableCommand {
             }
             return 1
         }
+        // What the control API changed (targets, raw LUNs, ACLs, CHAP) is served again before the portals
+        // listen, so no login sees the configuration file's ACL where the API narrowed it, and before live
+        // mounts are restored, so mounts on API targets find their target.
+        let targetControl: TargetControl
+        do {
+            targetControl = try TargetControl.open(configuration, logger: logger)
+        } catch {
+            Self.printError("livemountd: \(error)")
+            await server.shutdown()
+            return 2
+        }
+        await targetControl.restore(server: server)
         let addresses: [SocketAddress]
         do {
             addresses = try await server.start()
@@ -310,7 +322,8 @@ struct Livemountd: AsyncParsableCommand {
         }
         await runtime?.startRelocations(server: server, configuration: configuration, logger: logger)
         var controls: [ControlServer] = []
-        let routes = ControlRoutes(server: server, runtime: runtime, metrics: metrics, logger: logger)
+        let routes = ControlRoutes(
+            server: server, runtime: runtime, metrics: metrics, logger: logger, targetControl: targetControl)
         if let socket = configuration.effectiveControlSocket {
             let controlServer = ControlServer(socketPath: socket, logger: logger) { await routes.handle($0) }
             do {
