@@ -181,7 +181,7 @@ let package = Package(
             name: "livemountd",
             dependencies: [
                 "LiveMountConfig", "TargetServer", "SCSI", "BlockDevice", "LiveMount", "Cache", "Repository",
-                "ControlPlane", "Prefetch", "GuestFS", "Relocation",
+                "ControlPlane", "Prefetch", "GuestFS", "Relocation", "SQLiteStore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),

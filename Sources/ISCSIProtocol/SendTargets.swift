@@ -56,7 +56,9 @@ public struct TextNegotiator: Sendable {
 
     private var state: State = .idle
     private let session: SessionParameters
-    private let targets: [DiscoveryTarget]
+    /// Every target with its portals; the caller may replace it between requests (targets added, removed or
+    /// given another ACL while the session runs), and the next SendTargets answers from the new list.
+    public var targets: [DiscoveryTarget]
     private var nextTargetTransferTag: UInt32 = 1
 
     /// - Parameters:

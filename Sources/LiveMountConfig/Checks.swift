@@ -36,9 +36,24 @@ struct FieldRef {
 enum ConfigurationSyntax {
     case toml
     case commandLine
+    /// The control API's JSON bodies (and the `livemount` options that fill them).
+    case controlAPI
 
-    var readOnlyHint: String { self == .toml ? "read_only = true" : ",ro" }
-    var directOffHint: String { self == .toml ? "direct = false" : ",direct=off" }
+    var readOnlyHint: String {
+        switch self {
+        case .toml: "read_only = true"
+        case .commandLine: ",ro"
+        case .controlAPI: "\"readOnly\": true, livemount lun add --read-only"
+        }
+    }
+
+    var directOffHint: String {
+        switch self {
+        case .toml: "direct = false"
+        case .commandLine: ",direct=off"
+        case .controlAPI: "\"direct\": false, livemount lun add --no-direct"
+        }
+    }
 }
 
 // MARK: - Field checks

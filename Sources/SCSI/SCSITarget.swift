@@ -63,6 +63,8 @@ public struct SCSITargetError: Error, Sendable, Equatable, CustomStringConvertib
         case unknownLUN
         /// A replacement device differs in block size or capacity.
         case geometryMismatch
+        /// The target was retired (removed from the server): it takes no new logical units.
+        case retired
     }
     public var code: Code
     public var lun: UInt64
@@ -89,6 +91,8 @@ public final class SCSITarget: Sendable {
     private let units = Mutex([UInt64: LogicalUnit]())
     private let nexusRegistry = NexusRegistry()
     private let copyEngine = ExtendedCopyEngine()
+    /// Set, under the `units` lock, when the target is removed from its server: no LU may be added after that.
+    private let isRetired = Atomic<Bool>(false)
 
     /// Builds the logical units. `stateDirectory` holds what must survive a
     /// restart (persistent reservations); nil keeps it in memory only.
@@ -274,6 +278,7 @@ public final class SCSITarget: Sendable {
     public func addLogicalUnit(_ configuration: LogicalUnitConfiguration) throws {
         let unit = try makeUnit(configuration)
         let others: [LogicalUnit] = try units.withLock { table in
+            guard !isRetired.load(ordering: .relaxed) else { throw SCSITargetError(.retired, lun: configuration.lun) }
             guard table[configuration.lun] == nil else { throw SCSITargetError(.duplicateLUN, lun: configuration.lun) }
             table[configuration.lun] = unit
             return table.values.filter { $0 !== unit }
@@ -315,6 +320,22 @@ public final class SCSITarget: Sendable {
     /// How `lun` is presented (identifiers, product, write protection), nil for an unknown LUN.
     public func configuration(lun: UInt64) -> LogicalUnitConfiguration? {
         unit(lun)?.configuration
+    }
+
+    /// Retires the target if it has no logical unit, atomically with `addLogicalUnit`: once this returns an
+    /// empty list no LU can be added any more (the server is removing the target). Returns the LUNs it still
+    /// has otherwise, and then leaves it unchanged.
+    public func retireIfEmpty() -> [UInt64] {
+        units.withLock { table in
+            guard table.isEmpty else { return table.keys.sorted() }
+            isRetired.store(true, ordering: .relaxed)
+            return []
+        }
+    }
+
+    /// Whether `lun` is write-protected (configured read-only, or its device is), nil for an unknown LUN.
+    public func isWriteProtected(lun: UInt64) -> Bool? {
+        unit(lun)?.isWriteProtected
     }
 
     /// The device behind `lun`, nil for an unknown LUN.

@@ -45,6 +45,45 @@ public struct TargetConfiguration: Sendable {
     }
 }
 
+extension TargetConfiguration {
+    /// The target's login policy (everything but its LUs).
+    public var loginPolicy: LoginPolicy {
+        get {
+            LoginPolicy(alias: alias, chap: chap, mutualChap: mutualChap, allowedInitiators: allowedInitiators)
+        }
+        set {
+            alias = newValue.alias
+            chap = newValue.chap
+            mutualChap = newValue.mutualChap
+            allowedInitiators = newValue.allowedInitiators
+        }
+    }
+}
+
+/// What a target's logins are checked against: its alias, CHAP (RFC 7143 §12.1.3), mutual CHAP and initiator
+/// ACL. `ISCSITargetServer.updateLoginPolicy(target:_:)` changes it while the target serves: new logins and
+/// SendTargets answers use the new policy; sessions already logged in go on undisturbed.
+public struct LoginPolicy: Sendable, Equatable {
+    /// TargetAlias (RFC 7143 §13.6).
+    public var alias: String?
+    /// CHAP credentials an initiator must prove (one-way CHAP); nil = AuthMethod=None allowed.
+    public var chap: CHAPCredentials?
+    /// Credentials the target proves to the initiator (mutual CHAP).
+    public var mutualChap: CHAPCredentials?
+    /// InitiatorNames allowed to log in (compared case-insensitively, RFC 3722); empty = any.
+    public var allowedInitiators: [String]
+
+    public init(
+        alias: String? = nil, chap: CHAPCredentials? = nil, mutualChap: CHAPCredentials? = nil,
+        allowedInitiators: [String] = []
+    ) {
+        self.alias = alias
+        self.chap = chap
+        self.mutualChap = mutualChap
+        self.allowedInitiators = allowedInitiators
+    }
+}
+
 /// Limits the target declares in login negotiation (RFC 7143 §13).
 public struct NegotiationLimits: Sendable, Equatable {
     /// Our MaxRecvDataSegmentLength.

@@ -36,7 +36,9 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
     // MARK: - State
 
     private enum Phase {
-        case login(LoginDriver)
+        /// Before and during login; the driver exists from the first Login Request on, so the login is checked
+        /// against the targets and policies of that moment, not of the connection's accept.
+        case login(LoginDriver?)
         case fullFeature
         case closing
     }
@@ -130,7 +132,7 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
         var logger = server.logger
         logger[metadataKey: "peer"] = "\(remote)"
         self.logger = logger
-        self.phase = .login(LoginDriver(server: server))
+        self.phase = .login(nil)
     }
 
     // MARK: - Channel events
@@ -230,7 +232,8 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
                 "offset": "\(pdu.header.uint32(at: 40))", "length": "\(pdu.data.readableBytes)",
             ])
         switch phase {
-        case .login(var driver):
+        case .login(let existing):
+            var driver = existing ?? LoginDriver(server: server)
             guard pdu.opcode == .loginRequest else {
                 // RFC 7143 §6.3: only Login Requests before the full-feature phase.
                 logger.info("\(pdu.opcode.map { "\($0)" } ?? "opcode 0x\(String(pdu.header.rawOpcode, radix: 16))") before login completed")
@@ -241,7 +244,7 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
             }
             let outcome = driver.received(LoginRequestPDU(pdu))
             phase = .login(driver)
-            handleLogin(outcome)
+            handleLogin(outcome, driver: driver)
         case .fullFeature:
             fullFeature(pdu)
         case .closing:
@@ -249,7 +252,7 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
         }
     }
 
-    private func handleLogin(_ outcome: LoginDriver.Outcome) {
+    private func handleLogin(_ outcome: LoginDriver.Outcome, driver: LoginDriver) {
         switch outcome {
         case .respond(let pdu):
             send(pdu)
@@ -259,6 +262,14 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
             send(pdu)
             closeSoon()
         case .complete(let pdu, let params):
+            if let name = params.parameters.targetName, server.target(named: name) == nil {
+                // The control plane removed the target while this login ran.
+                server.metrics.loginFailures.increment()
+                logger.notice("login refused: target \(name) was removed during the login")
+                send(driver.targetRemoved(instead: pdu))
+                closeSoon()
+                return
+            }
             send(pdu)
             enterFullFeaturePhase(params)
         }
@@ -278,7 +289,12 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
         serializer.dataDigest = p.dataDigest
         logger[metadataKey: "initiator"] = "\(p.initiatorName)"
         server.metrics.logins.increment()
-        if let name = p.targetName, let runtime = server.targets[name] {
+        if let name = p.targetName {
+            guard let runtime = server.target(named: name) else {
+                logger.notice("target \(name) was removed as the login completed: closing the connection")
+                closeSoon()
+                return
+            }
             target = runtime
             let nexus = ITNexus(
                 initiatorName: p.initiatorName, isid: p.isid, targetName: name, portalGroupTag: ServerContext.portalGroupTag)
@@ -292,6 +308,12 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
             }
             runtime.scsi.nexusEstablished(nexus)
             server.metrics.sessions.record(server.registry.count)
+            guard server.target(named: name) === runtime else {
+                // Removed (with force) between the lookup and the registration, after its sessions were ended.
+                logger.notice("target \(name) was removed as the session started: closing the connection")
+                closeSoon()
+                return
+            }
             logger.info("session \(p.tsih) logged in to \(name)")
         } else {
             logger.info("discovery session logged in")
@@ -617,7 +639,7 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
         if let known = lunMetrics[raw] { return known }
         let lun = decodeLUN(raw)
         guard let target, target.scsi.device(lun: lun) != nil else { return nil }
-        let made = LUNMetrics(target: target.configuration.name, lun: lun)
+        let made = LUNMetrics(target: target.name, lun: lun)
         lunMetrics[raw] = made
         return made
     }
@@ -853,6 +875,8 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
     private func text(_ request: TextRequestPDU, header: BasicHeaderSegment, inWindow: Bool) {
         if inWindow { window.completed() }
         guard var negotiator = textNegotiator else { return }
+        // SendTargets answers the targets and ACLs of now (RFC 7143 Appendix C), not of the login.
+        negotiator.targets = server.discoveryTargets
         let action = negotiator.receivedTextRequest(request, sequence: currentSequence(peek: true))
         textNegotiator = negotiator
         switch action {

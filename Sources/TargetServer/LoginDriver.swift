@@ -22,8 +22,11 @@ struct LoginDriver {
 
     private var machine: LoginStateMachine
 
+    /// Starts a login against the server's targets and policies as they are now: the handler creates the
+    /// driver when the connection's first Login Request arrives, so a change made through the control plane
+    /// applies to every login that starts after it.
     init(server: ServerContext) {
-        var configuration = server.loginTemplate
+        var configuration = server.loginConfiguration()
         configuration.newTSIH = server.registry.allocateTSIH()
         configuration.initialStatSN = UInt32.random(in: 1...0x7FFF_FFFF)
         machine = LoginStateMachine(configuration: configuration, randomBytes: LoginStateMachine.systemRandomBytes)
@@ -36,6 +39,14 @@ struct LoginDriver {
             transit: false, currentStage: 0, nextStage: 0, isid: 0, tsih: 0,
             initiatorTaskTag: pdu.header.initiatorTaskTag,
             sequence: SequenceNumbers(statSN: 0, expCmdSN: 0, maxCmdSN: 0), status: .invalidDuringLogin)
+    }
+
+    /// The answer in place of a successful final Login Response when the target was removed while the login
+    /// ran: RFC 7143 §11.13.5, "Target removed" (02/04), no keys, then close.
+    func targetRemoved(instead response: LoginResponsePDU) -> LoginResponsePDU {
+        LoginResponsePDU(
+            transit: false, currentStage: response.currentStage, nextStage: 0, isid: response.isid, tsih: 0,
+            initiatorTaskTag: response.initiatorTaskTag, sequence: response.sequence, status: .targetRemoved)
     }
 
     mutating func received(_ request: LoginRequestPDU) -> Outcome {
@@ -63,35 +74,6 @@ struct LoginDriver {
                 Completed(
                     parameters: parameters, session: session, nextStatSN: response.sequence.statSN &+ 1,
                     expCmdSN: response.sequence.expCmdSN))
-        }
-    }
-}
-
-extension ServerContext {
-    /// The login configuration every connection starts from (RFC 7143 §6, §12).
-    static func makeLoginTemplate(_ configuration: ServerConfiguration, portalGroupTag: UInt16) -> LoginConfiguration {
-        func account(_ c: CHAPCredentials?) -> CHAPAccount? { c.map { CHAPAccount(user: $0.user, secret: $0.secret) } }
-        var policies: [String: TargetLoginPolicy] = [:]
-        for target in configuration.targets {
-            policies[target.name] = TargetLoginPolicy(
-                alias: target.alias, chap: account(target.chap), mutualChap: account(target.mutualChap),
-                allowedInitiators: target.allowedInitiators)
-        }
-        let l = configuration.limits
-        let limits = TargetLimits(
-            maxRecvDataSegmentLength: l.maxRecvDataSegmentLength, maxBurstLength: l.maxBurstLength,
-            firstBurstLength: l.firstBurstLength, initialR2T: l.initialR2T, immediateData: l.immediateData,
-            maxOutstandingR2T: l.maxOutstandingR2T, commandWindow: l.commandWindow)
-        return LoginConfiguration(
-            portalGroupTag: portalGroupTag, targets: policies, discoveryChap: account(configuration.discoveryChap),
-            limits: limits, newTSIH: 0, initialStatSN: 1)
-    }
-
-    /// Targets for SendTargets, each with its ACL and this server's portals.
-    var discoveryTargets: [DiscoveryTarget] {
-        let addresses = portalAddresses
-        return targets.values.sorted { $0.name < $1.name }.map {
-            DiscoveryTarget(name: $0.name, addresses: addresses, allowedInitiators: $0.configuration.allowedInitiators)
         }
     }
 }

@@ -64,6 +64,11 @@ final class SessionRegistry: Sendable {
     /// Number of live normal sessions.
     var count: Int { state.withLock { $0.sessions.count } }
 
+    /// Number of live normal sessions logged in to `targetName`.
+    func count(targetName: String) -> Int {
+        state.withLock { $0.sessions.keys.reduce(0) { $0 + ($1.targetName == targetName ? 1 : 0) } }
+    }
+
     /// Closes every session (shutdown, target cold reset).
     func closeAll(targetName: String? = nil) {
         let closers = state.withLock { s in

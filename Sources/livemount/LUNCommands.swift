@@ -8,7 +8,8 @@ import Foundation
 /// cold-read benchmark's stopwatch.
 struct LUNCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "lun", abstract: "Inspect a LUN through libiscsi.", subcommands: [LUNReadCommand.self, LUNSoakCommand.self])
+        commandName: "lun", abstract: "Add or remove a raw LUN of a running daemon; inspect a LUN through libiscsi.",
+        subcommands: [LUNAddCommand.self, LUNRemoveCommand.self, LUNReadCommand.self, LUNSoakCommand.self])
 }
 
 struct LUNReadCommand: AsyncParsableCommand {

@@ -1,6 +1,7 @@
 // The livemount command-line tool: backups (`livemount backup ...`) in the repository, live mounts through the
-// daemon's control API (`livemount mount|unmount|mounts|status`), relocations to primary LUNs (`livemount
-// relocate`), and LUN checks (`livemount lun read`).
+// daemon's control API (`livemount mount|unmount|mounts|status`), targets and raw LUNs of the running daemon
+// (`livemount target`, `livemount lun add|remove`), relocations to primary LUNs (`livemount relocate`), and LUN
+// checks (`livemount lun read`).
 import ArgumentParser
 
 /// The root command: `livemount <group> <command>`.
@@ -10,7 +11,7 @@ struct LiveMountTool: AsyncParsableCommand {
         abstract: "Back up virtual machines and boot them straight out of their backups over iSCSI.",
         subcommands: [
             BackupCommand.self, MountCommand.self, UnmountCommand.self, MountsCommand.self, StatusCommand.self,
-            LUNCommand.self,
+            TargetCommand.self, LUNCommand.self,
             TraceCommand.self, RelocateCommand.self, ArchiveCommand.self,
         ]
     )

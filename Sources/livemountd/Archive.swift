@@ -440,3 +440,38 @@ private struct ArchiveDescription: Codable {
         return (try? encoder.encode(self)).map { Array($0) } ?? []
     }
 }
+
+// MARK: - Routes
+
+extension ControlRoutes {
+    /// `POST /v1/targets/T/luns/N/archive`, `GET /v1/placeholders`, `POST /v1/placeholders/T/N/recall` and
+    /// `GET /v1/archive/candidates[?idle=SECONDS]`; nil for any other call.
+    func archiveRoute(_ request: ControlRequest) async throws(ControlError) -> ControlResponse? {
+        let path = request.pathSegments
+        switch (request.method, path.count) {
+        case ("POST", 6) where path[0] == "v1" && path[1] == "targets" && path[3] == "luns" && path[5] == "archive":
+            return .json(
+                try await requireRuntime().archive(server: server, target: path[2], lun: try Self.lun(path[4])),
+                status: 201)
+        case ("GET", 2) where path == ["v1", "placeholders"]:
+            return .json(try requireRuntime().placeholderInfos())
+        case ("POST", 5) where path[0] == "v1" && path[1] == "placeholders" && path[4] == "recall":
+            return .json(
+                try await requireRuntime().recallNow(server: server, target: path[2], lun: try Self.lun(path[3])))
+        case ("GET", 3) where path == ["v1", "archive", "candidates"]:
+            var idle = archive.idleSeconds
+            if let text = request.query["idle"] {
+                guard let value = Int(text), value >= 0 else {
+                    throw ControlError(status: 400, "idle=\(text): expected a number of seconds")
+                }
+                idle = value
+            }
+            return .json(
+                ArchiveCandidates(
+                    idleSeconds: idle, policyEnabled: archive.idleSeconds > 0,
+                    candidates: try requireRuntime().archiveCandidates(server: server, idleSeconds: idle)))
+        default:
+            return nil
+        }
+    }
+}

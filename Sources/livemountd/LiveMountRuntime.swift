@@ -133,38 +133,22 @@ struct ControlRoutes: Sendable {
     /// Every swift-metrics metric of the daemon, for `GET /metrics`.
     let metrics: PrometheusCollectorRegistry
     let logger: Logger
+    /// Where target, LUN, ACL and CHAP changes are kept (`TargetRoutes.swift`).
+    let targetControl: TargetControl
     /// The archive policy (`[archive]`), for its dry run.
     var archive = ArchiveSettings()
 
     func handle(_ request: ControlRequest) async -> ControlResponse {
         do throws(ControlError) {
             if let answer = try await repositoryRoute(request) { return answer }
+            // Before the target routes, which answer every other /v1/targets/... path.
+            if let answer = try await archiveRoute(request) { return answer }
+            if let answer = try await targetRoute(request) { return answer }
             let path = request.pathSegments
             switch (request.method, path.count) {
             case ("GET", 1) where path == ["metrics"], ("GET", 2) where path == ["v1", "metrics"]:
                 return .prometheus(metrics.emitToBuffer())
             case ("GET", 2) where path == ["v1", "status"]: return .json(try status())
-            case ("POST", 6) where path[0] == "v1" && path[1] == "targets" && path[3] == "luns" && path[5] == "archive":
-                return .json(
-                    try await requireRuntime().archive(server: server, target: path[2], lun: try Self.lun(path[4])),
-                    status: 201)
-            case ("GET", 2) where path == ["v1", "placeholders"]:
-                return .json(try requireRuntime().placeholderInfos())
-            case ("POST", 5) where path[0] == "v1" && path[1] == "placeholders" && path[4] == "recall":
-                return .json(
-                    try await requireRuntime().recallNow(server: server, target: path[2], lun: try Self.lun(path[3])))
-            case ("GET", 3) where path == ["v1", "archive", "candidates"]:
-                var idle = archive.idleSeconds
-                if let text = request.query["idle"] {
-                    guard let value = Int(text), value >= 0 else {
-                        throw ControlError(status: 400, "idle=\(text): expected a number of seconds")
-                    }
-                    idle = value
-                }
-                return .json(
-                    ArchiveCandidates(
-                        idleSeconds: idle, policyEnabled: archive.idleSeconds > 0,
-                        candidates: try requireRuntime().archiveCandidates(server: server, idleSeconds: idle)))
             case ("GET", 2) where path == ["v1", "mounts"]:
                 do {
                     return .json(try requireRuntime().mounts.records().map(MountInfo.init))
@@ -209,7 +193,7 @@ struct ControlRoutes: Sendable {
         }
     }
 
-    private static func lun(_ text: String) throws(ControlError) -> UInt64 {
+    static func lun(_ text: String) throws(ControlError) -> UInt64 {
         guard let lun = UInt64(text) else { throw ControlError(status: 400, "\"\(text)\" is not a LUN") }
         return lun
     }

@@ -280,6 +280,18 @@ struct Livemountd: AsyncParsableCommand {
             }
             return 1
         }
+        // What the control API changed (targets, raw LUNs, ACLs, CHAP) is served again before the portals
+        // listen, so no login sees the configuration file's ACL where the API narrowed it, and before live
+        // mounts are restored, so mounts on API targets find their target.
+        let targetControl: TargetControl
+        do {
+            targetControl = try TargetControl.open(configuration, logger: logger)
+        } catch {
+            Self.printError("livemountd: \(error)")
+            await server.shutdown()
+            return 2
+        }
+        await targetControl.restore(server: server, runtime: runtime)
         let addresses: [SocketAddress]
         do {
             addresses = try await server.start()
@@ -312,7 +324,8 @@ struct Livemountd: AsyncParsableCommand {
         await runtime?.restoreRemainingPlaceholders(server: server)
         await runtime?.startRelocations(server: server, configuration: configuration, logger: logger)
         var controls: [ControlServer] = []
-        var configuredRoutes = ControlRoutes(server: server, runtime: runtime, metrics: metrics, logger: logger)
+        var configuredRoutes = ControlRoutes(
+            server: server, runtime: runtime, metrics: metrics, logger: logger, targetControl: targetControl)
         configuredRoutes.archive = configuration.archive
         let routes = configuredRoutes
         if let socket = configuration.effectiveControlSocket {

@@ -161,6 +161,37 @@ struct ArchiveDaemonTests {
         #expect(firstDifference(try await readWholeLUN(url: daemon.url(0)), bench.contents) == nil)
     }
 
+    @Test("a LUN added through the API, archived, comes back as its placeholder after a restart; lun remove waits for the recall")
+    func apiLUN() async throws {
+        let bench = try await ArchiveBench.make()
+        var daemon = try bench.startDaemon()
+        defer { daemon.stop() }
+        let image = bench.fixture.scratch.path + "/api-lun.img"
+        let contents = pattern(8 << 20, seed: 5150)
+        _ = FileManager.default.createFile(atPath: image, contents: Data(contents))
+        let added = try bench.cli(["lun", "add", "--target", Self.target, image, "--lun", "5"])
+        #expect(added.status == 0, "\(added.output)")
+        let before = try await identity(url: daemon.url(5))
+        let archived = try bench.cli(["archive", "lun", Self.target, "5"])
+        #expect(archived.status == 0, "\(archived.output)")
+        let shown = try bench.cli(["target", "show", Self.target])
+        #expect(shown.status == 0, "\(shown.output)")
+        let remove = try bench.cli(["lun", "remove", "--target", Self.target, "--lun", "5"])
+        #expect(remove.status == 1 && remove.output.contains("is archived"), "\(remove.output)")
+
+        daemon.kill9()
+        daemon = try bench.startDaemon()
+        let listed = try await bench.placeholders()
+        #expect(listed.map { "\($0.lun) \($0.state)" } == ["5 archived"], "\(listed) \(bench.logTail())")
+        #expect(try await identity(url: daemon.url(5)) == before)
+        #expect(firstDifference(try await readWholeLUN(url: daemon.url(5)), contents) == nil, "recalled byte for byte")
+        try await bench.waitForNoPlaceholder(daemon: daemon)
+        let removed = try bench.cli(["lun", "remove", "--target", Self.target, "--lun", "5"])
+        #expect(removed.status == 0, "back on its image, it can be removed: \(removed.output)")
+        let file = try Data(contentsOf: URL(fileURLWithPath: image))
+        #expect(firstDifference([UInt8](file), contents) == nil)
+    }
+
     /// READ CAPACITY (16), VPD 80h and VPD 83h of `url`'s LUN.
     func identity(url: String) async throws -> [[UInt8]] {
         try await onThread {
