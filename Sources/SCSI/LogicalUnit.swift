@@ -22,6 +22,8 @@ final class NexusRegistry: Sendable {
 final class LogicalUnit: Sendable {
     /// Reads, writes and last access, for status and archive policies.
     let usage: LUNUsage
+    /// Commands running on this LU object (`SCSITarget` counts them, so a device swap can wait for them).
+    let commandsInFlight = Atomic<Int>(0)
     let lun: UInt64
     let configuration: LogicalUnitConfiguration
     let device: any BlockDevice

@@ -138,9 +138,21 @@ public final class SCSITarget: Sendable {
     public func execute(lun: UInt64, command: SCSICommand) async -> SCSIResult {
         guard let opcode = command.cdb.first else { return .checkCondition(.invalidOpcode) }
         if opcode == Opcode.reportLUNs { return reportLUNs(command) }
-        guard let unit = unit(lun) else { return missingUnit(command) }
+        guard let unit = enter(lun) else { return missingUnit(command) }
+        defer { unit.commandsInFlight.subtract(1, ordering: .releasing) }
         unit.usage.note(opcode: opcode)
         return await unit.execute(command)
+    }
+
+    /// The LU behind `lun` with one more command counted in flight on it. The count is taken under the same
+    /// lock `replaceDevice` swaps under, so a command either finds the new LU or is counted on the old one
+    /// before the swap (and `replaceDevice` waits for it).
+    private func enter(_ lun: UInt64) -> LogicalUnit? {
+        units.withLock { table in
+            guard let unit = table[lun] else { return nil }
+            unit.commandsInFlight.add(1, ordering: .relaxed)
+            return unit
+        }
     }
 
     /// What initiators did with `lun` since it was added; nil for an unknown LUN.
@@ -153,7 +165,9 @@ public final class SCSITarget: Sendable {
     /// through `execute(lun:command:)`; a non-nil result is exactly what
     /// `execute` would have answered.
     public func executeImmediately(lun: UInt64, command: SCSICommand) -> SCSIResult? {
-        guard let unit = unit(lun), let result = unit.executeImmediately(command) else { return nil }
+        guard let unit = enter(lun) else { return nil }
+        defer { unit.commandsInFlight.subtract(1, ordering: .releasing) }
+        guard let result = unit.executeImmediately(command) else { return nil }
         if let opcode = command.cdb.first { unit.usage.note(opcode: opcode) }
         return result
     }
@@ -167,7 +181,15 @@ public final class SCSITarget: Sendable {
     public func executeWithCompletion(
         lun: UInt64, command: SCSICommand, completion: @escaping @Sendable (SCSIResult) -> Void
     ) -> Bool {
-        guard let unit = unit(lun), unit.executeWithCompletion(command, completion: completion) else { return false }
+        guard let unit = enter(lun) else { return false }
+        let started = unit.executeWithCompletion(command) { result in
+            unit.commandsInFlight.subtract(1, ordering: .releasing)
+            completion(result)
+        }
+        guard started else {
+            unit.commandsInFlight.subtract(1, ordering: .releasing)
+            return false
+        }
         if let opcode = command.cdb.first { unit.usage.note(opcode: opcode) }
         return true
     }
@@ -298,12 +320,15 @@ public final class SCSITarget: Sendable {
         return true
     }
 
-    /// Puts `device` behind `lun` in place of its current device, which it returns (not closed: commands
-    /// already running finish on it). The LU stays the same to initiators: same identifiers, reservations, mode
-    /// parameters and usage, and no unit attention. `device` must have the same block size and capacity.
+    /// Puts `device` behind `lun` in place of its current device, and returns the old device once every
+    /// command that was already running on it has finished (not closed: the caller owns it). The LU stays the
+    /// same to initiators: same identifiers, reservations, mode parameters and usage, and no unit attention.
+    /// `device` must have the same block size and capacity.
     @discardableResult
-    public func replaceDevice(lun: UInt64, with device: any BlockDevice) throws(SCSITargetError) -> any BlockDevice {
-        let result: Result<any BlockDevice, SCSITargetError> = units.withLock { table in
+    public func replaceDevice(lun: UInt64, with device: any BlockDevice) async throws(SCSITargetError)
+        -> any BlockDevice
+    {
+        let result: Result<LogicalUnit, SCSITargetError> = units.withLock { table in
             guard let old = table[lun] else { return .failure(SCSITargetError(.unknownLUN, lun: lun)) }
             guard old.blockSize == device.blockSize, old.device.blockCount == device.blockCount else {
                 return .failure(
@@ -312,9 +337,13 @@ public final class SCSITarget: Sendable {
                         "\(device.blockCount) blocks of \(device.blockSize) bytes for \(old.device.blockCount) of \(old.blockSize)"))
             }
             table[lun] = LogicalUnit(replacing: old, device: device)
-            return .success(old.device)
+            return .success(old)
         }
-        return try result.get()
+        let old = try result.get()
+        while old.commandsInFlight.load(ordering: .acquiring) > 0 {
+            try? await Task.sleep(for: .milliseconds(1))
+        }
+        return old.device
     }
 
     /// How `lun` is presented (identifiers, product, write protection), nil for an unknown LUN.

@@ -66,12 +66,14 @@ extension LiveMountRuntime {
         // From here every command goes through the placeholder, which counts writes.
         let placeholder = PlaceholderDevice(archiving: primary)
         do {
-            try scsi.replaceDevice(lun: lun, with: placeholder)
+            // Returns once the commands already running on the primary directly have finished: from then on
+            // every write is seen by the placeholder.
+            try await scsi.replaceDevice(lun: lun, with: placeholder)
         } catch {
             throw ControlError(status: 500, "cannot put a placeholder in front of LUN \(lun): \(error)")
         }
         func abandon(_ error: ControlError) async -> ControlError {
-            _ = try? scsi.replaceDevice(lun: lun, with: primary)
+            _ = try? await scsi.replaceDevice(lun: lun, with: primary)
             logger.warning("archive abandoned", metadata: ["target": "\(target)", "lun": "\(lun)", "why": "\(error)"])
             return error
         }
@@ -116,12 +118,13 @@ extension LiveMountRuntime {
                     "LUN \(lun) of target \(target) was written while it was being backed up: archive abandoned, "
                         + "nothing changed (archive LUNs that are idle)"))
         }
-        let record = PlaceholderRecord(
+        var record = PlaceholderRecord(
             target: target, lun: lun, path: primary.path, blockSize: primary.blockSize,
             blockCount: primary.blockCount, readOnly: presented.readOnly || primary.isReadOnly,
             supportsUnmap: primary.supportsUnmap, serialNumber: presented.serialNumber,
             naaIdentifier: presented.naaIdentifier, product: presented.product, backupID: backup.id, vm: backup.vm,
             disk: disk)
+        record.direct = primary.isDirect
         do {
             try placeholders.insert(record)
             try repository.addHold(backupID: backup.id, holder: Self.placeholderHolder(target: target, lun: lun))
@@ -209,16 +212,16 @@ extension LiveMountRuntime {
 
     /// The recall's relocation completed: the LUN goes back to being the plain image at its path (so it can be
     /// archived again), and the recall's mount and the placeholder are forgotten. Commands already running on
-    /// the recalled mount finish there (it writes the same primary); it is closed a while later.
+    /// the recalled mount finish there (it writes the same primary) before it is closed.
     func finishRecall(_ record: PlaceholderRecord) async {
         guard let scsi = server.withLock({ $0 })?.scsiTarget(named: record.target),
             let placeholder = scsi.device(lun: record.lun) as? PlaceholderDevice
         else { return }
         do {
             let file = try LiveMountConfig.openDevice(
-                path: record.path, readOnly: record.readOnly, direct: true, blockSize: record.blockSize)
+                path: record.path, readOnly: record.readOnly, direct: record.direct, blockSize: record.blockSize)
             do {
-                try scsi.replaceDevice(lun: record.lun, with: file)
+                try await scsi.replaceDevice(lun: record.lun, with: file)
             } catch {
                 await file.close()
                 throw error
@@ -239,10 +242,7 @@ extension LiveMountRuntime {
             backupID: record.backupID, holder: Self.placeholderHolder(target: record.target, lun: record.lun))
         logger.info(
             "recall completed; the LUN is its image again", metadata: ["target": "\(record.target)", "lun": "\(record.lun)"])
-        Task {
-            try? await Task.sleep(for: .seconds(30))
-            await placeholder.close()
-        }
+        await placeholder.close()
     }
 
     /// An operator's recall (`POST /v1/placeholders/T/N/recall`): as a first access would.
@@ -313,7 +313,7 @@ extension LiveMountRuntime {
                         LogicalUnitConfiguration(
                             lun: record.lun,
                             device: try LiveMountConfig.openDevice(
-                                path: record.path, readOnly: record.readOnly, direct: true, blockSize: record.blockSize),
+                                path: record.path, readOnly: record.readOnly, direct: record.direct, blockSize: record.blockSize),
                             readOnly: record.readOnly, serialNumber: record.serialNumber,
                             naaIdentifier: record.naaIdentifier, product: record.product))
                     continue
