@@ -19,6 +19,8 @@ public struct PlaceholderRecord: Sendable, Equatable {
     public var blockCount: UInt64
     public var readOnly: Bool
     public var supportsUnmap: Bool
+    /// Whether the image was opened with O_DIRECT (not on tmpfs, say): how it is reopened after its recall.
+    public var direct: Bool = true
     /// VPD 80h and 83h, so a placeholder that is not in the configuration comes back with the same identity.
     public var serialNumber: String
     public var naaIdentifier: UInt64
@@ -94,7 +96,8 @@ public final class PlaceholderStore: Sendable {
                     archived_at INTEGER NOT NULL,
                     PRIMARY KEY (target, lun)
                 );
-                """)
+                """),
+        Migration(name: "v2-direct", sql: "ALTER TABLE placeholders ADD COLUMN direct INTEGER NOT NULL DEFAULT 1;"),
     ]
 
     public init(path: String) throws(PlaceholderStoreError) {
@@ -120,13 +123,13 @@ public final class PlaceholderStore: Sendable {
             _ = try database.run(
                 """
                 INSERT INTO placeholders (target, lun, path, block_size, block_count, read_only, supports_unmap, serial,
-                    naa, product, backup_id, vm, disk, state, mount_id, archived_at)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    naa, product, backup_id, vm, disk, state, mount_id, archived_at, direct)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """,
                 [
                     r.target, Int64(r.lun), r.path, Int64(r.blockSize), Int64(r.blockCount), r.readOnly,
                     r.supportsUnmap, r.serialNumber, Int64(bitPattern: r.naaIdentifier), r.product, r.backupID, r.vm,
-                    r.disk, r.state.rawValue, r.mountID, r.archivedAt,
+                    r.disk, r.state.rawValue, r.mountID, r.archivedAt, r.direct,
                 ])
         } catch {
             throw PlaceholderStoreError("cannot record the placeholder of LUN \(r.lun) of \(r.target): \(error)")
@@ -170,11 +173,13 @@ public final class PlaceholderStore: Sendable {
                 let state = row.string("state").flatMap(PlaceholderRecord.State.init(rawValue:)),
                 let archivedAt = row.int64("archived_at")
             else { return nil }
-            return PlaceholderRecord(
+            var record = PlaceholderRecord(
                 target: target, lun: UInt64(lun), path: path, blockSize: Int(blockSize), blockCount: UInt64(blockCount),
                 readOnly: readOnly != 0, supportsUnmap: unmap != 0, serialNumber: serial,
                 naaIdentifier: UInt64(bitPattern: naa), product: product, backupID: backupID, vm: vm, disk: disk,
                 state: state, mountID: row.int64("mount_id"), archivedAt: archivedAt)
+            record.direct = (row.int64("direct") ?? 1) != 0
+            return record
         }
     }
 }

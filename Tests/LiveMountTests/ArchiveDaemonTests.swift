@@ -170,7 +170,7 @@ struct ArchiveDaemonTests {
         let image = bench.fixture.scratch.path + "/api-lun.img"
         let contents = pattern(8 << 20, seed: 5150)
         _ = FileManager.default.createFile(atPath: image, contents: Data(contents))
-        let added = try bench.cli(["lun", "add", "--target", Self.target, image, "--lun", "5"])
+        let added = try bench.cli(["lun", "add", "--target", Self.target, image, "--lun", "5", "--no-direct"])
         #expect(added.status == 0, "\(added.output)")
         let before = try await identity(url: daemon.url(5))
         let archived = try bench.cli(["archive", "lun", Self.target, "5"])
