@@ -7,7 +7,7 @@ import TargetServer
 
 // MARK: - Control API: targets, raw LUNs, ACLs and CHAP
 
-/// The target calls (listed in `ControlPlane/TargetAPI.swift`, documented in docs/api-targets.md). A change
+/// The target calls (listed in `ControlPlane/TargetAPI.swift`, documented in docs/api.md#targets-acls-chap-and-raw-luns). A change
 /// applies to logins and SendTargets from the moment it is answered; sessions already logged in go on
 /// undisturbed (only a forced removal of a target ends its sessions). Every change runs alone
 /// (`TargetControl.changes`) and is kept in `control.sqlite` before it is answered.
