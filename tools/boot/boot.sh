@@ -16,6 +16,11 @@
 #   --serial-log FILE  keep the guest's serial output there (default: a temporary file, removed on success)
 #   --writable         let the guest write to --image (default: -snapshot)
 #   --snapshot         use -snapshot with --url too (writes stay in a local temporary overlay)
+#   --fw-cfg NAME=TEXT       pass TEXT to the guest as fw_cfg item NAME (-fw_cfg name=NAME,string=TEXT), e.g.
+#                            opt/livemount/mode=write (guest/livemount-guest.sh); repeatable
+#   --fw-cfg-file NAME=FILE  the same with a file's contents (-fw_cfg name=NAME,file=FILE); repeatable
+#   --control-serial SOCKET  a second serial port (the guest's ttyS1) on a Unix socket QEMU listens on, for the
+#                            host to send the guest lines (the write mode stops on "stop")
 #
 # Without --kernel the BIOS boots the disk itself (form b: GRUB in the MBR). Prints one summary line
 #   boot: OK time=28.41s guest-uptime=22.37s marker=yes source=...
@@ -28,7 +33,8 @@ here="$(cd "$(dirname "$0")" && pwd)"
 source "$here/lib.sh"
 
 image="" url="" kernel="" initrd="" root="" append="" iface="virtio" timeout_s=600 serial_log="" writable=0
-snapshot=0
+snapshot=0 control_serial=""
+fw_cfg_args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --image) image="${2:?--image needs a file}"; shift 2 ;;
@@ -42,6 +48,18 @@ while [ $# -gt 0 ]; do
     --serial-log) serial_log="${2:?--serial-log needs a file}"; shift 2 ;;
     --writable) writable=1; shift ;;
     --snapshot) snapshot=1; shift ;;
+    --fw-cfg|--fw-cfg-file)
+      item="${2:?$1 needs NAME=VALUE}"
+      [[ "$item" =~ ^opt/[^=,]+=.+$ ]] || die "$1 $item: expected NAME=VALUE with NAME starting with opt/"
+      value="${item#*=}"
+      if [ "$1" = --fw-cfg-file ]; then
+        [ -f "$value" ] || die "$1 $item: no such file"
+        fw_cfg_args+=(-fw_cfg "name=${item%%=*},file=${value//,/,,}")
+      else
+        fw_cfg_args+=(-fw_cfg "name=${item%%=*},string=${value//,/,,}")
+      fi
+      shift 2 ;;
+    --control-serial) control_serial="${2:?--control-serial needs a socket path}"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) die "unknown argument: $1 (see --help)" ;;
   esac
@@ -94,6 +112,9 @@ fi
 qemu=(qemu-system-x86_64 -machine pc,accel=tcg -cpu max -m 1024 -smp 1 -nographic -vga none
       -no-reboot -nic none "${drive_args[@]}")
 [ "$snapshot" = 1 ] && qemu+=(-snapshot)
+qemu+=("${fw_cfg_args[@]}")
+# -nographic puts the first serial port on stdio only when no -serial is given: name both.
+[ -z "$control_serial" ] || qemu+=(-serial mon:stdio -serial "unix:${control_serial//,/,,},server=on,wait=off")
 if [ -n "$kernel" ]; then
   if [ -z "$root" ]; then
     if [ "$iface" = ide ]; then root=/dev/sda; else root=/dev/vda; fi

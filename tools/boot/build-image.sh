@@ -9,17 +9,19 @@
 #
 # The guest is debootstrap --variant=minbase with systemd-sysv, udev and the Debian kernel; no network services.
 # Once multi-user.target is reached it writes "LIVEMOUNT-BOOT-OK uptime=..." to ttyS0 and powers itself off, so
-# a boot's time is the QEMU process's wall time (boot.sh).
+# a boot's time is the QEMU process's wall time (boot.sh). A mode passed by QEMU's fw_cfg (boot.sh --fw-cfg
+# opt/livemount/mode=...) makes it write or check files first (guest/livemount-guest.sh, tools/e2e/whole-chain.sh).
 #
 # No loop device is needed: the file systems are made with `mkfs.ext4 -d ROOTFS` into plain files, the partition
 # is dd'ed in at its offset, and GRUB is installed without a device (grub-mkimage, then boot.img and core.img
 # written in place, as grub-bios-setup would).
 #
-# Usage: build-image.sh [--out DIR] [--size SIZE] [--rebuild]
+# Usage: build-image.sh [--out DIR] [--size SIZE] [--rebuild] [--rebuild-disks]
 #   --out DIR    where the artifacts go (default /var/tmp/livemount-boot)
 #   --size SIZE  size of each disk image, as truncate(1) takes it (default 2G)
 #   --rebuild    rebuild the root file system and both images even if they are complete
-#   --rebuild-disks  rebuild both images (and GRUB) from the existing root file system
+#   --rebuild-disks  rebuild both images (and GRUB) from the existing root file system (also done by itself when
+#                the guest's units or guest/livemount-guest.sh changed since the images were built)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=lib.sh
@@ -97,27 +99,51 @@ EOF
 
 # Writes the guest's systemd setup (idempotent, applied on every run so that image rebuilds pick up changes):
 # - multi-user.target as the default (no graphical.target in a server guest);
-# - the unit that marks the end of the boot on the serial console and powers off;
+# - the unit that marks the end of the boot on the serial console and powers off: it runs guest/livemount-guest.sh
+#   (installed as /usr/local/sbin/livemount-guest), which without a mode from QEMU's fw_cfg does just that, and
+#   with one (opt/livemount/mode: write, verify) writes or checks files first for tools/e2e/whole-chain.sh;
+# - qemu_fw_cfg loaded at boot (modules-load.d), so /sys/firmware/qemu_fw_cfg shows the host's mode;
+# - /var/lib/livemount-e2e/base.bin, 4 MiB of random data made once, that the write mode patches in place (so some
+#   of the guest's writes land on blocks the backup has data for);
 # - e2scrub_reap.service masked: it looks for stale LVM snapshots of ext4 file systems (the guest has no LVM) and
 #   under TCG spends 20-40 s of CPU at every boot doing so, which would dominate the boot's time without reading
 #   the disk.
 configure_units() {
   ln -sf /lib/systemd/system/multi-user.target "$rootfs/etc/systemd/system/default.target"
   ln -sf /dev/null "$rootfs/etc/systemd/system/e2scrub_reap.service"
+  install -m 0755 "$here/guest/livemount-guest.sh" "$rootfs/usr/local/sbin/livemount-guest"
+  echo qemu_fw_cfg > "$rootfs/etc/modules-load.d/livemount.conf"
+  mkdir -p "$rootfs/var/lib/livemount-e2e"
+  [ -f "$rootfs/var/lib/livemount-e2e/base.bin" ] \
+    || head -c 4194304 /dev/urandom > "$rootfs/var/lib/livemount-e2e/base.bin"
   cat > "$rootfs/etc/systemd/system/livemount-boot-done.service" <<EOF
 [Unit]
-Description=LiveMount boot trace: mark the end of the boot on ttyS0 and power off
+Description=LiveMount boot trace: mark the end of the boot on ttyS0, do the host's fw_cfg mode, power off
 After=multi-user.target
 
 [Service]
 Type=oneshot
-ExecStart=/bin/sh -c 'read up idle < /proc/uptime; echo "$BOOT_MARKER uptime=\$up" > /dev/ttyS0; systemctl poweroff --no-block'
+TimeoutStartSec=infinity
+ExecStart=/usr/local/sbin/livemount-guest
 
 [Install]
 WantedBy=multi-user.target
 EOF
   mkdir -p "$rootfs/etc/systemd/system/multi-user.target.wants"
   ln -sf ../livemount-boot-done.service "$rootfs/etc/systemd/system/multi-user.target.wants/livemount-boot-done.service"
+}
+
+# Prints a digest of what configure_units put into the root file system. Each disk's ".complete" stamp holds the
+# digest it was built with, so a change to the guest's units or script rebuilds the disks without --rebuild-disks.
+guest_config_digest() {
+  (cd "$rootfs" && cat etc/systemd/system/livemount-boot-done.service usr/local/sbin/livemount-guest \
+    etc/modules-load.d/livemount.conf var/lib/livemount-e2e/base.bin) | sha256sum | cut -d' ' -f1
+}
+
+# Whether the disk whose stamp is $1 is complete and current (same root file system, same guest configuration).
+disk_current() {
+  [ "$rebuild" = 0 ] && [ "$rebuild_disks" = 0 ] && [ -f "$1" ] && [ "$1" -nt "$rootfs_done" ] \
+    && [ "$(cat "$1")" = "$(guest_config_digest)" ]
 }
 
 # Builds the root file system tree with debootstrap (minbase + systemd-sysv, udev, initramfs-tools), configures
@@ -195,7 +221,7 @@ make_ext4() {
 # Form (a): the whole disk is the ext4 file system; the kernel and initrd are copied beside it.
 build_disk_a() {
   local img="$out/disk-a.img" done="$out/disk-a.img.complete" kver start
-  if [ "$rebuild" = 0 ] && [ "$rebuild_disks" = 0 ] && [ -f "$done" ] && [ "$done" -nt "$rootfs_done" ]; then
+  if disk_current "$done"; then
     log "reusing $img"; return 0
   fi
   start=$(date +%s.%N)
@@ -204,7 +230,7 @@ build_disk_a() {
   cp "$rootfs/boot/vmlinuz-$kver" "$out/vmlinuz"
   cp "$rootfs/boot/initrd.img-$kver" "$out/initrd.img"
   make_ext4 "$img" "$size"
-  touch "$done"
+  guest_config_digest > "$done"
   log "disk-a.img ready in $(elapsed_since "$start") s (kernel $kver, $out/vmlinuz, $out/initrd.img)"
 }
 
@@ -253,7 +279,7 @@ install_grub_mbr() {
 # at that offset, GRUB in the MBR and the gap.
 build_disk_b() {
   local img="$out/disk-b.img" done="$out/disk-b.img.complete" part="$out/part-b.ext4" start total part_bytes
-  if [ "$rebuild" = 0 ] && [ "$rebuild_disks" = 0 ] && [ -f "$done" ] && [ "$done" -nt "$rootfs_done" ]; then
+  if disk_current "$done"; then
     log "reusing $img"; return 0
   fi
   start=$(date +%s.%N)
@@ -271,7 +297,7 @@ EOF
     status=none
   rm -f "$part"
   install_grub_mbr "$img"
-  touch "$done"
+  guest_config_digest > "$done"
   log "disk-b.img ready in $(elapsed_since "$start") s"
 }
 

@@ -11,8 +11,9 @@ BOOT_MARKER="LIVEMOUNT-BOOT-OK"
 
 # The Debian packages the boot tools need: debootstrap builds the guest, e2fsprogs (mkfs.ext4 -d) and fdisk
 # (sfdisk) lay out the disks, grub-pc-bin/grub2-common install GRUB without a device, and QEMU with
-# qemu-block-extra (its iSCSI block driver, through libiscsi) boots them.
-BOOT_PACKAGES=(debootstrap e2fsprogs fdisk grub-pc-bin grub2-common qemu-system-x86 qemu-block-extra)
+# qemu-block-extra (its iSCSI block driver, through libiscsi) boots them; boot.sh asks qemu-img (qemu-utils, only
+# recommended by qemu-system-x86) whether that driver is there.
+BOOT_PACKAGES=(debootstrap e2fsprogs fdisk grub-pc-bin grub2-common qemu-system-x86 qemu-block-extra qemu-utils)
 
 # Prints a timestamped progress line on stderr.
 log() { printf '%s boot: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
