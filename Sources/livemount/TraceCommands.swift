@@ -294,9 +294,9 @@ struct TraceTrainCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "train", abstract: "Train the profile's prefetch plan from its traces.",
         discussion: """
-            Every read is cut into granules (default: the traces' chunk size). A granule's support is the share of
-            traces that read it and its expected time the median of its first access over those traces; granules
-            below --min-support are dropped, adjacent ones read at about the same time are coalesced. The plan
+            Every read is cut into granules (default: the traces' chunk size). A granule's support is the share of \
+            traces that read it and its expected time the median of its first access over those traces; granules \
+            below --min-support are dropped, adjacent ones read at about the same time are coalesced. The plan \
             replaces the profile's current one.
             """)
 
