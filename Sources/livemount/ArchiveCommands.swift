@@ -11,8 +11,8 @@ struct ArchiveCommand: AsyncParsableCommand {
         commandName: "archive",
         abstract: "Archive idle LUNs to placeholders that recall themselves when accessed.",
         discussion: """
-            An archived LUN is backed up into the repository and its file (or block device) released; initiators
-            still see the same LUN. Its first read or write recalls it: it is served at once as a live mount of
+            An archived LUN is backed up into the repository and its file (or block device) released; initiators \
+            still see the same LUN. Its first read or write recalls it: it is served at once as a live mount of \
             the backup and relocated back to its path in the background.
             """,
         subcommands: [
