@@ -1,4 +1,8 @@
 import CLibISCSI
+import Dispatch
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A synchronous iSCSI initiator for one LUN, wrapping libiscsi's sync API.
 ///
@@ -251,6 +255,63 @@ public final class ISCSIClient: @unchecked Sendable {
             throw ISCSIClientError(.transport, "READ (16) returned \(data.count) of \(blocks * size) bytes")
         }
         return data
+    }
+
+    /// READ (16) of `blocks` blocks at `lba` (SBC-4 §5.17), checked and dropped without being copied out: the
+    /// trace replay's read. For up to `pollMicroseconds` the answer is polled for without sleeping (a sleeping
+    /// thread is woken tens of µs late on a VM, more across CPUs), then waited for as `read` does.
+    public func readDiscarding(lba: UInt64, blocks: Int, pollMicroseconds: Int = 0) throws(ISCSIClientError) {
+        let context = try connected()
+        let size = try knownBlockSize()
+        let length = blocks * size
+        let state = PolledCommand()
+        let callback: iscsi_command_cb = { _, status, _, privateData in
+            guard let privateData else { return }
+            let state = Unmanaged<PolledCommand>.fromOpaque(privateData).takeUnretainedValue()
+            state.status = status
+            state.done = true
+        }
+        let opaque = Unmanaged.passRetained(state).toOpaque()
+        defer { Unmanaged<PolledCommand>.fromOpaque(opaque).release() }
+        guard
+            let task = iscsi_read16_task(
+                context, lun, lba, UInt32(length), Int32(size), 0, 0, 0, 0, 0, callback, opaque)
+        else {
+            throw ISCSIClientError(.transport, "READ (16) failed: \(lastError)")
+        }
+        defer {
+            // A command abandoned on an error must leave libiscsi's queues before its task is freed.
+            if !state.done { iscsi_scsi_cancel_task(context, task) }
+            scsi_free_scsi_task(task)
+        }
+        let pollUntil = DispatchTime.now().uptimeNanoseconds + UInt64(max(0, pollMicroseconds)) * 1000
+        // As libiscsi's own sync loop does: poll the socket, let the context service it (and its timeouts).
+        while !state.done {
+            var descriptor = pollfd(
+                fd: iscsi_get_fd(context), events: Int16(truncatingIfNeeded: iscsi_which_events(context)), revents: 0)
+            let polling = pollMicroseconds > 0 && DispatchTime.now().uptimeNanoseconds < pollUntil
+            let ready = poll(&descriptor, 1, polling ? 0 : 1000)
+            if ready < 0 {
+                if errno == EINTR { continue }
+                throw ISCSIClientError(.transport, "READ (16) failed: poll: \(String(cString: strerror(errno)))")
+            }
+            if ready == 0, polling { continue }
+            guard iscsi_service(context, ready == 0 ? 0 : Int32(descriptor.revents)) == 0 else {
+                throw ISCSIClientError(.transport, "READ (16) failed: \(lastError)")
+            }
+        }
+        let status = Int(state.status)
+        guard status == Int(SCSI_STATUS_GOOD.rawValue) else {
+            if status >= 0x100 || status < 0 { throw ISCSIClientError(.transport, "READ (16) failed: \(lastError)") }
+            let sense =
+                status == Int(SCSI_STATUS_CHECK_CONDITION.rawValue)
+                ? Self.senseBytes(fromSenseSegment: Self.dataIn(of: task)) : []
+            try Self.requireGood(CommandResult(status: status, sense: sense, dataIn: []), "READ (16)")
+            return
+        }
+        guard Int(task.pointee.datain.size) == length else {
+            throw ISCSIClientError(.transport, "READ (16) returned \(task.pointee.datain.size) of \(length) bytes")
+        }
     }
 
     /// WRITE (16) of `data` (whole blocks) at `lba`, with FUA when asked (SBC-4 §5.43).
@@ -530,4 +591,10 @@ public struct ISCSIClientError: Error, Sendable, Equatable, CustomStringConverti
         return
             "\(message) (sense key 0x\(hex(senseCode.key)) ASC 0x\(hex(senseCode.asc)) ASCQ 0x\(hex(senseCode.ascq)))"
     }
+}
+
+/// The completion of one command sent through libiscsi's async API, set by its callback on the same thread.
+private final class PolledCommand {
+    var done = false
+    var status: Int32 = 0
 }

@@ -1,5 +1,8 @@
 // Trace replay's driver: runs a `ReplaySchedule` against real sessions on their own threads (issue 4, Replay).
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 // MARK: - Sessions
 
@@ -111,6 +114,9 @@ public struct ReplayOutcome: Sendable, Equatable {
     public var issueTimes: [UInt64]
     /// When each read's answer came back.
     public var completionTimes: [UInt64]
+    /// When each read could have been sent by the schedule (its dependencies and think time); empty when not
+    /// measured. `issueTimes` minus this is the driver's own lateness.
+    public var readyTimes: [UInt64]
     /// The reads that failed.
     public var failures: [ReplayFailure]
     /// Sessions used.
@@ -119,11 +125,12 @@ public struct ReplayOutcome: Sendable, Equatable {
     public var keptThinkTime: Bool
 
     public init(
-        issueTimes: [UInt64], completionTimes: [UInt64], failures: [ReplayFailure], sessions: Int,
-        keptThinkTime: Bool
+        issueTimes: [UInt64], completionTimes: [UInt64], readyTimes: [UInt64] = [], failures: [ReplayFailure],
+        sessions: Int, keptThinkTime: Bool
     ) {
         self.issueTimes = issueTimes
         self.completionTimes = completionTimes
+        self.readyTimes = readyTimes
         self.failures = failures
         self.sessions = sessions
         self.keptThinkTime = keptThinkTime
@@ -138,101 +145,79 @@ public struct ReplayOutcome: Sendable, Equatable {
         }
         return result
     }
+
+    /// How late the driver sent each read after the schedule allowed it, µs (empty when not measured).
+    public var lateness: [UInt64] {
+        guard readyTimes.count == issueTimes.count else { return [] }
+        return zip(issueTimes, readyTimes).map { $0 > $1 ? $0 - $1 : 0 }
+    }
 }
 
 // MARK: - The driver
 
 /// Replays reads through a set of sessions, one thread per session, following a `ReplaySchedule`.
 ///
-/// The calling thread is the coordinator: it asks the schedule what to do, hands each read to an idle
-/// session's thread, and sleeps until the next issue time or the next completion. It blocks, so call it from a
+/// There is no coordinator thread: the session threads share the schedule under one lock, and whichever
+/// thread is free asks it what to do. The thread whose read completes sends the next read itself when it is
+/// due, so a guest-like chain of dependent reads costs no hand-off between threads. At most one free thread
+/// waits for a think time to pass (sleeping to an absolute deadline, then spinning the last
+/// `spinMicroseconds`); the others wait for a completion. A thread that sends a read wakes a free one only if
+/// another read could follow without waiting for a completion.
+///
+/// The calling thread only waits, and reports progress about once a second; it blocks, so call it from a
 /// thread of its own (`runOnThread`), never from Swift concurrency's cooperative pool.
 public enum ReplayDriver {
-    /// Below this many µs before an issue time the coordinator spins instead of sleeping: a condition
-    /// variable wakes tens of µs late, and a boot trace has thousands of short think times.
-    static let spinMicroseconds: UInt64 = 1000
+    /// The last part of a think time, µs, that a thread spins through instead of sleeping: a sleeping thread
+    /// wakes tens of µs late, and a boot trace has thousands of short think times.
+    public static let defaultSpinMicroseconds: UInt64 = 100
 
     /// Replays `reads` (in the LUN's block size, in trace order) through `devices`, one session each; the
-    /// schedule allows as many reads outstanding as there are devices. `progress` is called on the
-    /// coordinator's thread about once a second with (reads completed, reads in all).
+    /// schedule allows as many reads outstanding as there are devices. The thread waiting out a think time
+    /// spins through its last `spinMicroseconds` (`.max`: all of it, as a guest's vCPU computes through its
+    /// think time rather than idling). `progress` is called on the calling thread about once a second with
+    /// (reads completed, reads in all).
     public static func run(
         reads: [TraceRead], devices: [any ReplayDevice], keepThinkTime: Bool = true,
-        progress: (@Sendable (Int, Int) -> Void)? = nil
+        spinMicroseconds: UInt64 = defaultSpinMicroseconds, progress: (@Sendable (Int, Int) -> Void)? = nil
     ) -> ReplayOutcome {
-        let coordinator = Coordinator(count: reads.count)
-        let workers = devices.enumerated().map { Worker(id: $0.offset, device: $0.element, coordinator: coordinator) }
-        guard !workers.isEmpty else {
+        guard !devices.isEmpty else {
             return ReplayOutcome(
                 issueTimes: [], completionTimes: [],
                 failures: reads.indices.map {
                     ReplayFailure(index: $0, lba: reads[$0].lba, blocks: reads[$0].blocks, message: "no session")
                 }, sessions: 0, keptThinkTime: keepThinkTime)
         }
-        var schedule = ReplaySchedule(reads: reads, sessions: workers.count, keepThinkTime: keepThinkTime)
+        let shared = SharedSchedule(
+            reads: reads, schedule: ReplaySchedule(reads: reads, sessions: devices.count, keepThinkTime: keepThinkTime),
+            spinMicroseconds: spinMicroseconds)
         let group = DispatchGroup()
-        for worker in workers { worker.start(group: group) }
-        var idle = Array(workers.reversed())
-        var failures: [ReplayFailure] = []
-        var nextProgress: UInt64 = 1_000_000
-
-        coordinator.condition.lock()
-        loop: while true {
-            for completion in coordinator.completions {
-                schedule.readCompleted(completion.index, at: completion.completed)
-                idle.append(workers[completion.worker])
-                if let message = completion.error {
-                    let read = reads[completion.index]
-                    failures.append(
-                        ReplayFailure(index: completion.index, lba: read.lba, blocks: read.blocks, message: message))
-                }
+        for (id, device) in devices.enumerated() {
+            group.enter()
+            let thread = Thread {
+                shared.serve(device)
+                group.leave()
             }
-            coordinator.completions.removeAll(keepingCapacity: true)
-            let now = coordinator.clock.now
-            if let progress, now >= nextProgress {
-                progress(schedule.completedCount, reads.count)
-                nextProgress = now + 1_000_000
-            }
-            switch schedule.nextAction(now: now) {
-            case .issue(let index):
-                // The schedule never issues more reads than there are sessions, so one is idle.
-                guard let worker = idle.popLast() else { preconditionFailure("replay schedule exceeded its sessions") }
-                worker.assign(index: index, read: reads[index])
-            case .wait(let until):
-                let remaining = until > now ? until - now : 0
-                if remaining > spinMicroseconds {
-                    let sleep = Double(remaining - spinMicroseconds / 2) / 1e6
-                    _ = coordinator.condition.wait(until: Date(timeIntervalSinceNow: sleep))
-                } else {
-                    coordinator.condition.unlock()
-                    while coordinator.clock.now < until && !coordinator.hasCompletions {
-                        sched_yield()
-                    }
-                    coordinator.condition.lock()
-                }
-            case .awaitCompletion:
-                while coordinator.completions.isEmpty { coordinator.condition.wait() }
-            case .finished:
-                break loop
-            }
+            thread.name = "livemount.replay.\(id)"
+            thread.stackSize = 1 << 20
+            thread.start()
         }
-        coordinator.condition.unlock()
-        for worker in workers { worker.stop() }
-        group.wait()
-        progress?(schedule.completedCount, reads.count)
-        return ReplayOutcome(
-            issueTimes: coordinator.issueTimes, completionTimes: coordinator.completionTimes,
-            failures: failures.sorted { $0.index < $1.index }, sessions: workers.count, keptThinkTime: keepThinkTime)
+        while group.wait(timeout: .now() + 1) == .timedOut {
+            progress?(shared.completedCount, reads.count)
+        }
+        return shared.outcome(sessions: devices.count, keptThinkTime: keepThinkTime, progress: progress)
     }
 
     /// `run` on a thread of its own, for callers in Swift concurrency.
     public static func runOnThread(
         reads: [TraceRead], devices: [any ReplayDevice], keepThinkTime: Bool = true,
-        progress: (@Sendable (Int, Int) -> Void)? = nil
+        spinMicroseconds: UInt64 = defaultSpinMicroseconds, progress: (@Sendable (Int, Int) -> Void)? = nil
     ) async -> ReplayOutcome {
         await withCheckedContinuation { continuation in
             let thread = Thread {
                 continuation.resume(
-                    returning: run(reads: reads, devices: devices, keepThinkTime: keepThinkTime, progress: progress))
+                    returning: run(
+                        reads: reads, devices: devices, keepThinkTime: keepThinkTime,
+                        spinMicroseconds: spinMicroseconds, progress: progress))
             }
             thread.name = "livemount.replay"
             thread.stackSize = 1 << 20
@@ -243,107 +228,109 @@ public enum ReplayDriver {
 
 // MARK: - Threads
 
-/// A monotonic clock in µs since the replay started.
+/// A monotonic clock in µs since the replay started (CLOCK_MONOTONIC, the clock `sleep(until:)` sleeps on).
 struct ReplayClock: Sendable {
-    private let origin = DispatchTime.now().uptimeNanoseconds
+    private let origin = ReplayClock.monotonicNanoseconds()
 
-    var now: UInt64 { (DispatchTime.now().uptimeNanoseconds - origin) / 1000 }
+    var now: UInt64 { (Self.monotonicNanoseconds() - origin) / 1000 }
+
+    static func monotonicNanoseconds() -> UInt64 {
+        var spec = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &spec)
+        return UInt64(spec.tv_sec) * 1_000_000_000 + UInt64(spec.tv_nsec)
+    }
+
+    /// Blocks until replay time `until` (µs): sleeps to an absolute deadline `spin` µs before it, then spins.
+    func sleep(until: UInt64, spin: UInt64) {
+        let current = now
+        if until > current, until - current > spin {
+            let deadline = origin + (until - spin) * 1000
+            var spec = timespec(tv_sec: Int(deadline / 1_000_000_000), tv_nsec: Int(deadline % 1_000_000_000))
+            while clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &spec, nil) == EINTR {}
+        }
+        while now < until {}
+    }
 }
 
-/// What the session threads share with the coordinator: completions and the measured times, under one
-/// condition variable.
-private final class Coordinator: @unchecked Sendable {
-    struct Completion {
-        var index: Int
-        var worker: Int
-        var completed: UInt64
-        var error: String?
+/// The schedule and the measured times, shared by the session threads under one condition variable.
+private final class SharedSchedule: @unchecked Sendable {
+    private let reads: [TraceRead]
+    private let condition = NSCondition()
+    private let clock = ReplayClock()
+    // Everything below is under `condition`.
+    private var schedule: ReplaySchedule
+    private var issueTimes: [UInt64]
+    private var completionTimes: [UInt64]
+    private var failures: [ReplayFailure] = []
+    /// A free thread is sleeping until the next read is due.
+    private var timerHeld = false
+    /// Free threads waiting on `condition`.
+    private var waiting = 0
+    private let spinMicroseconds: UInt64
+
+    init(reads: [TraceRead], schedule: ReplaySchedule, spinMicroseconds: UInt64) {
+        self.reads = reads
+        self.schedule = schedule
+        self.spinMicroseconds = spinMicroseconds
+        issueTimes = Array(repeating: 0, count: reads.count)
+        completionTimes = Array(repeating: 0, count: reads.count)
     }
 
-    let condition = NSCondition()
-    let clock = ReplayClock()
-    /// Completions the coordinator has not handled yet (under `condition`).
-    var completions: [Completion] = []
-    /// Measured times per read (under `condition`).
-    var issueTimes: [UInt64]
-    var completionTimes: [UInt64]
+    var completedCount: Int { condition.withLock { schedule.completedCount } }
 
-    init(count: Int) {
-        issueTimes = Array(repeating: 0, count: count)
-        completionTimes = Array(repeating: 0, count: count)
+    /// One session's thread: sends what is due through `device` until every read has completed.
+    func serve(_ device: any ReplayDevice) {
+        condition.lock()
+        while true {
+            switch schedule.nextAction(now: clock.now) {
+            case .issue(let index):
+                if waiting > 0, !timerHeld, case .at = schedule.readiness() {
+                    // Another read can follow without a completion: a free thread must see to it.
+                    condition.signal()
+                }
+                condition.unlock()
+                let read = reads[index]
+                let issued = clock.now
+                var failure: String?
+                do {
+                    try device.read(lba: read.lba, blocks: read.blocks)
+                } catch {
+                    failure = "\(error)"
+                }
+                let completed = clock.now
+                condition.lock()
+                issueTimes[index] = issued
+                completionTimes[index] = completed
+                schedule.readCompleted(index, at: completed)
+                if let failure {
+                    failures.append(ReplayFailure(index: index, lba: read.lba, blocks: read.blocks, message: failure))
+                }
+            case .wait(let until) where !timerHeld:
+                // Nothing but sending this read changes `until` (ReplaySchedule.readiness), so sleep to it.
+                timerHeld = true
+                condition.unlock()
+                clock.sleep(until: until, spin: spinMicroseconds)
+                condition.lock()
+                timerHeld = false
+            case .wait, .awaitCompletion:
+                waiting += 1
+                condition.wait()
+                waiting -= 1
+            case .finished:
+                condition.broadcast()
+                condition.unlock()
+                return
+            }
+        }
     }
 
-    var hasCompletions: Bool {
+    func outcome(sessions: Int, keptThinkTime: Bool, progress: (@Sendable (Int, Int) -> Void)?) -> ReplayOutcome {
         condition.lock()
         defer { condition.unlock() }
-        return !completions.isEmpty
-    }
-
-    func complete(index: Int, worker: Int, issued: UInt64, completed: UInt64, error: String?) {
-        condition.lock()
-        issueTimes[index] = issued
-        completionTimes[index] = completed
-        completions.append(Completion(index: index, worker: worker, completed: completed, error: error))
-        condition.signal()
-        condition.unlock()
-    }
-}
-
-/// One session's thread: waits for a read, performs it, reports the completion.
-private final class Worker: @unchecked Sendable {
-    private struct Job {
-        var index: Int
-        var read: TraceRead
-    }
-
-    let id: Int
-    private let device: any ReplayDevice
-    private let coordinator: Coordinator
-    private let wake = DispatchSemaphore(value: 0)
-    private let lock = NSLock()
-    /// The read to do next; nil after a wake-up means stop (under `lock`).
-    private var job: Job?
-
-    init(id: Int, device: any ReplayDevice, coordinator: Coordinator) {
-        self.id = id
-        self.device = device
-        self.coordinator = coordinator
-    }
-
-    func start(group: DispatchGroup) {
-        group.enter()
-        let thread = Thread { [self] in
-            loop()
-            group.leave()
-        }
-        thread.name = "livemount.replay.\(id)"
-        thread.stackSize = 1 << 20
-        thread.start()
-    }
-
-    func assign(index: Int, read: TraceRead) {
-        lock.withLock { job = Job(index: index, read: read) }
-        wake.signal()
-    }
-
-    func stop() {
-        lock.withLock { job = nil }
-        wake.signal()
-    }
-
-    private func loop() {
-        while true {
-            wake.wait()
-            guard let job = lock.withLock({ self.job.take() }) else { return }
-            let issued = coordinator.clock.now
-            var failure: String?
-            do {
-                try device.read(lba: job.read.lba, blocks: job.read.blocks)
-            } catch {
-                failure = "\(error)"
-            }
-            let completed = coordinator.clock.now
-            coordinator.complete(index: job.index, worker: id, issued: issued, completed: completed, error: failure)
-        }
+        progress?(schedule.completedCount, reads.count)
+        return ReplayOutcome(
+            issueTimes: issueTimes, completionTimes: completionTimes,
+            readyTimes: schedule.readyTimes.map { $0 ?? 0 },
+            failures: failures.sorted { $0.index < $1.index }, sessions: sessions, keptThinkTime: keptThinkTime)
     }
 }

@@ -8,14 +8,17 @@ import BlockDevice
 public final class ISCSIReplaySession: ReplayDevice, @unchecked Sendable {
     /// The logged-in client.
     public let client: ISCSIClient
+    /// How long each read polls for its answer before sleeping, µs (`ISCSIClient.readDiscarding`).
+    public let pollMicroseconds: Int
 
-    public init(client: ISCSIClient) {
+    public init(client: ISCSIClient, pollMicroseconds: Int = 0) {
         self.client = client
+        self.pollMicroseconds = pollMicroseconds
     }
 
-    /// READ (16) of the blocks (SBC-4 §5.17); the data is dropped.
+    /// READ (16) of the blocks (SBC-4 §5.17); the data is checked for length and dropped.
     public func read(lba: UInt64, blocks: UInt32) throws {
-        _ = try client.read(lba: lba, blocks: Int(blocks))
+        try client.readDiscarding(lba: lba, blocks: Int(blocks), pollMicroseconds: pollMicroseconds)
     }
 }
 
@@ -27,10 +30,10 @@ public struct ISCSIReplayTarget: Sendable {
     public var capacity: ISCSIClient.Capacity
 
     /// Logs `count` sessions in to the LUN at `url` (`iscsi://HOST[:PORT]/IQN/LUN`) as `initiator`, each with
-    /// its own ISID, and reads the capacity on each (so that no replayed read pays for it). Blocks: call it
+    /// its own ISID and polling `pollMicroseconds` for each answer, and reads the capacity on each (so that no replayed read pays for it). Blocks: call it
     /// from a thread of its own. On failure the sessions already made are logged out.
     public static func connect(
-        url: String, initiator: String, count: Int, timeoutSeconds: Int = 30
+        url: String, initiator: String, count: Int, timeoutSeconds: Int = 30, pollMicroseconds: Int = 0
     ) throws(ReplayError) -> ISCSIReplayTarget {
         var sessions: [ISCSIReplaySession] = []
         var capacity: ISCSIClient.Capacity?
@@ -38,7 +41,7 @@ public struct ISCSIReplayTarget: Sendable {
             for _ in 0..<max(1, count) {
                 let client = ISCSIClient(timeoutSeconds: timeoutSeconds)
                 try client.connect(url: url, initiatorName: initiator)
-                sessions.append(ISCSIReplaySession(client: client))
+                sessions.append(ISCSIReplaySession(client: client, pollMicroseconds: pollMicroseconds))
                 let found = try client.readCapacity16()
                 if let capacity, capacity.blockSize != found.blockSize || capacity.blockCount != found.blockCount {
                     throw ISCSIClientError(.transport, "sessions to \(url) report different capacities")

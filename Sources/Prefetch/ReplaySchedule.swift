@@ -60,6 +60,9 @@ public struct ReplaySchedule: Sendable {
     public private(set) var issueTimes: [UInt64?]
     /// Replay completion time of each read (µs), once completed.
     public private(set) var completionTimes: [UInt64?]
+    /// The earliest replay time (µs) each issued read could have been issued at; `issueTimes` minus this is
+    /// how late the driver was.
+    public private(set) var readyTimes: [UInt64?]
     /// The next read to issue.
     public private(set) var nextIndex = 0
     /// Reads issued and not yet completed.
@@ -108,13 +111,25 @@ public struct ReplaySchedule: Sendable {
         self.dependencies = dependencies
         issueTimes = Array(repeating: nil, count: reads.count)
         completionTimes = Array(repeating: nil, count: reads.count)
+        readyTimes = Array(repeating: nil, count: reads.count)
     }
 
     /// Number of reads in the schedule.
     public var count: Int { steps.count }
 
-    /// What to do at replay time `now` (µs). When it returns `.issue`, the read counts as issued at `now`.
-    public mutating func nextAction(now: UInt64) -> Action {
+    /// When the next read may be issued, without issuing anything.
+    public enum Readiness: Sendable, Equatable {
+        /// At replay time `at` (µs) or later; nothing that happens before then changes it.
+        case at(UInt64)
+        /// Not until an outstanding read completes.
+        case awaitCompletion
+        /// Every read was issued and has completed.
+        case finished
+    }
+
+    /// When the next read may be issued. Once this is `.at(t)`, only issuing that read changes it: its
+    /// dependencies have all completed, so completions of other reads do not move `t`.
+    public func readiness() -> Readiness {
         guard nextIndex < steps.count else {
             return outstanding == 0 ? .finished : .awaitCompletion
         }
@@ -135,11 +150,42 @@ public struct ReplaySchedule: Sendable {
             ready = max(ready, (issueTimes[index - 1] ?? 0) + gap)
         }
         if index > 0 { ready = max(ready, issueTimes[index - 1] ?? 0) }
-        guard now >= ready else { return .wait(until: ready) }
-        issueTimes[index] = now
-        nextIndex += 1
-        outstanding += 1
-        return .issue(index: index)
+        return .at(ready)
+    }
+
+    /// What to do at replay time `now` (µs). When it returns `.issue`, the read counts as issued at `now`, and
+    /// `readyTimes` holds when it could have been.
+    public mutating func nextAction(now: UInt64) -> Action {
+        switch readiness() {
+        case .finished: return .finished
+        case .awaitCompletion: return .awaitCompletion
+        case .at(let ready):
+            guard now >= ready else { return .wait(until: ready) }
+            let index = nextIndex
+            issueTimes[index] = now
+            readyTimes[index] = ready
+            nextIndex += 1
+            outstanding += 1
+            return .issue(index: index)
+        }
+    }
+
+    /// The trace's think time as a replay keeps it: the sum of the recorded gaps (a read's completion to the
+    /// next read's issue) along the replay's chain of dependencies, which is how long the replay of `reads` on
+    /// `sessions` sessions takes when every read completes the instant it is issued, µs. Where reads overlapped
+    /// in the trace this is more than the trace's idle time (`TraceTiming.think`): a gap counted from one
+    /// read's completion may have overlapped another read that was still outstanding.
+    public static func instantStorageSpan(reads: [TraceRead], sessions: Int) -> UInt64 {
+        var schedule = ReplaySchedule(reads: reads, sessions: sessions, keepThinkTime: true)
+        var now: UInt64 = 0
+        while true {
+            switch schedule.nextAction(now: now) {
+            case .issue(let index): schedule.readCompleted(index, at: now)
+            case .wait(let until): now = until
+            // Every read completes at once, so nothing is ever outstanding.
+            case .awaitCompletion, .finished: return now
+            }
+        }
     }
 
     /// Records that read `index` completed at replay time `now` (µs). A completion of a read that was not

@@ -183,10 +183,17 @@ public struct ReplayReport: Sendable, Equatable, Codable {
     public var keptThinkTime: Bool
     /// Replay time from the first issue to the last completion, s.
     public var totalSeconds: Double
-    /// The trace's own think time (no read outstanding in its span), s; zero when think times were not kept.
+    /// The trace's own think time as the replay keeps it: the recorded gaps from a read's completion to the
+    /// next read's issue, summed along the replay's chain of dependencies (the replay's total with instant
+    /// storage, `ReplaySchedule.instantStorageSpan`), s; zero when think times were not kept.
     public var thinkSeconds: Double
     /// `totalSeconds − thinkSeconds`: what a guest would have spent waiting on storage, s.
     public var stallSeconds: Double
+    /// `totalSeconds − traceThinkSeconds` (zero think when think times were not kept): the stall measured
+    /// against the trace's idle time instead. Where the trace's reads overlapped, that idle time is shorter
+    /// than the gaps the replay keeps, so this is larger than `stallSeconds` by the difference, whatever the
+    /// storage; shown for comparison with earlier reports.
+    public var idleStallSeconds: Double
     /// The trace's own span (first issue to last completion), s.
     public var traceSpanSeconds: Double
     /// The trace's own think time, s (also when think times were not kept).
@@ -197,6 +204,10 @@ public struct ReplayReport: Sendable, Equatable, Codable {
     public var traceMaxConcurrency: Int
     /// The most reads outstanding at once in the replay.
     public var replayMaxConcurrency: Int
+    /// The replay's own lateness: the sum over reads of how long after the schedule allowed it each was sent,
+    /// s. It is part of `stallSeconds` (a guest would not have had it), shown so that a slow harness is not
+    /// mistaken for slow storage; it should be a small fraction of the stall.
+    public var harnessLateSeconds: Double
     /// Latencies of the reads that succeeded, µs.
     public var latency: LatencySummary
     /// Their histogram.
@@ -217,13 +228,16 @@ public struct ReplayReport: Sendable, Equatable, Codable {
         sessions = outcome.sessions
         keptThinkTime = outcome.keptThinkTime
         totalSeconds = Double(replay.span) / 1e6
-        thinkSeconds = outcome.keptThinkTime ? Double(trace.think) / 1e6 : 0
+        let think = ReplaySchedule.instantStorageSpan(reads: reads, sessions: max(1, outcome.sessions))
+        thinkSeconds = outcome.keptThinkTime ? Double(think) / 1e6 : 0
         stallSeconds = totalSeconds - thinkSeconds
+        idleStallSeconds = totalSeconds - (outcome.keptThinkTime ? Double(trace.think) / 1e6 : 0)
         traceSpanSeconds = Double(trace.span) / 1e6
         traceThinkSeconds = Double(trace.think) / 1e6
         traceStallSeconds = Double(trace.stall) / 1e6
         traceMaxConcurrency = trace.maxConcurrency
         replayMaxConcurrency = replay.maxConcurrency
+        harnessLateSeconds = Double(outcome.lateness.reduce(0, +)) / 1e6
         latency = LatencySummary(latencies: latencies)
         histogram = LatencyBucket.histogram(latencies)
         failures = outcome.failures.sorted { $0.index < $1.index }

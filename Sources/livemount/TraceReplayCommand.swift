@@ -48,8 +48,31 @@ struct TraceReplayCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Replay only the first N reads.", valueName: "n"))
     var limit: Int?
 
+    @Option(
+        name: .customLong("poll-us"),
+        help: ArgumentHelp(
+            "Poll for each answer this many µs before sleeping (0: sleep at once). Like QEMU's adaptive polling, it"
+                + " keeps the wake-up of a sleeping thread out of every read's latency.",
+            valueName: "us"))
+    var pollMicroseconds = 0
+
+    @Flag(
+        name: .customLong("busy-think"),
+        help: ArgumentHelp(
+            "Spend think time spinning, as a booting guest's vCPU computes, instead of sleeping until the last"
+                + " 100 µs. Keeps the replay's CPU from idling between reads."))
+    var busyThink = false
+
     @Option(help: ArgumentHelp("Initiator name.", valueName: "iqn"))
     var initiator = "iqn.2026-11.org.livemount:replay"
+
+    @Option(
+        name: .customLong("per-read"),
+        help: ArgumentHelp(
+            "Also write every read's times to this CSV file: index, lba, blocks (LUN blocks), ready_us (when the"
+                + " schedule allowed it), issued_us, completed_us, error.",
+            valueName: "path"))
+    var perReadPath: String?
 
     @Flag(help: "Print one JSON object with every figure.")
     var json = false
@@ -63,7 +86,11 @@ struct TraceReplayCommand: AsyncParsableCommand {
             throw ValidationError("--sessions \(sessions): expected 1 to 256")
         }
         if let limit, limit < 1 { throw ValidationError("--limit \(limit): expected at least 1") }
+        if !(0...100_000).contains(pollMicroseconds) {
+            throw ValidationError("--poll-us \(pollMicroseconds): expected 0 to 100000")
+        }
         if let tracesDB, tracesDB.isEmpty { throw ValidationError("--traces-db must not be empty") }
+        if let perReadPath, perReadPath.isEmpty { throw ValidationError("--per-read must not be empty") }
     }
 
     /// Whether the TRACE argument names a CSV file rather than a trace id.
@@ -79,14 +106,25 @@ struct TraceReplayCommand: AsyncParsableCommand {
 
     func run() async throws {
         let report: ReplayReport
+        let outcome: ReplayOutcome
+        let reads: [TraceRead]
         do {
-            report = try await replay(try loadTrace())
+            (report, outcome, reads) = try await replay(try loadTrace())
         } catch let error as ReplayError {
             Self.log("error: \(error.message)")
             throw ExitCode(error.code == .invalidArgument ? 64 : 1)
         } catch let error as CLIError {
             Self.log("error: \(error.description)")
             throw ExitCode.failure
+        }
+        if let perReadPath {
+            do {
+                try Data(Self.perReadCSV(reads: reads, outcome: outcome).utf8).write(
+                    to: URL(fileURLWithPath: perReadPath))
+            } catch {
+                Self.log("error: cannot write \(perReadPath): \(error.localizedDescription)")
+                throw ExitCode.failure
+            }
         }
         if json {
             let encoder = JSONEncoder()
@@ -134,19 +172,21 @@ struct TraceReplayCommand: AsyncParsableCommand {
     }
 
     /// Connects, checks capacity, replays and logs out, all on a thread of its own (libiscsi blocks).
-    private func replay(_ loaded: Trace) async throws -> ReplayReport {
+    private func replay(_ loaded: Trace) async throws -> (ReplayReport, ReplayOutcome, [TraceRead]) {
         let limit = limit
         let requested = sessions
         let keepThink = !noThink
         let url = url
         let initiator = initiator
         let quiet = quiet || json
+        let poll = pollMicroseconds
+        let spin = busyThink ? UInt64.max : ReplayDriver.defaultSpinMicroseconds
         return try await withCheckedThrowingContinuation { continuation in
             let thread = Thread {
                 do {
                     let result = try Self.replay(
                         loaded, url: url, initiator: initiator, limit: limit, sessions: requested,
-                        keepThinkTime: keepThink, quiet: quiet)
+                        keepThinkTime: keepThink, pollMicroseconds: poll, spinMicroseconds: spin, quiet: quiet)
                     continuation.resume(returning: result)
                 } catch {
                     continuation.resume(throwing: error)
@@ -161,13 +201,14 @@ struct TraceReplayCommand: AsyncParsableCommand {
     /// The blocking part of `replay`.
     private static func replay(
         _ trace: Trace, url: String, initiator: String, limit: Int?, sessions requested: Int?, keepThinkTime: Bool,
-        quiet: Bool
-    ) throws(ReplayError) -> ReplayReport {
+        pollMicroseconds: Int, spinMicroseconds: UInt64, quiet: Bool
+    ) throws(ReplayError) -> (ReplayReport, ReplayOutcome, [TraceRead]) {
         guard !trace.reads.isEmpty else { throw .invalidArgument("the trace has no reads") }
         let planned = Array(trace.reads.prefix(limit ?? trace.reads.count))
         let count = requested ?? Replay.defaultSessions(for: planned)
         // One session first: the capacity check comes before the other logins and before any read.
-        let probe = try ISCSIReplayTarget.connect(url: url, initiator: initiator, count: 1)
+        let probe = try ISCSIReplayTarget.connect(
+            url: url, initiator: initiator, count: 1, pollMicroseconds: pollMicroseconds)
         let reads: [TraceRead]
         do throws(ReplayError) {
             reads = try Replay.reads(of: trace, limit: limit, lunBlockSize: probe.capacity.blockSize)
@@ -179,7 +220,8 @@ struct TraceReplayCommand: AsyncParsableCommand {
         var target = probe
         if count > 1 {
             do throws(ReplayError) {
-                let more = try ISCSIReplayTarget.connect(url: url, initiator: initiator, count: count - 1)
+                let more = try ISCSIReplayTarget.connect(
+                    url: url, initiator: initiator, count: count - 1, pollMicroseconds: pollMicroseconds)
                 target.sessions += more.sessions
             } catch {
                 probe.logout()
@@ -197,8 +239,23 @@ struct TraceReplayCommand: AsyncParsableCommand {
             progress = { done, total in log("  \(done)/\(total) reads done") }
         }
         let outcome = ReplayDriver.run(
-            reads: reads, devices: target.sessions, keepThinkTime: keepThinkTime, progress: progress)
-        return ReplayReport(reads: reads, blockSize: target.capacity.blockSize, outcome: outcome)
+            reads: reads, devices: target.sessions, keepThinkTime: keepThinkTime, spinMicroseconds: spinMicroseconds,
+            progress: progress)
+        return (ReplayReport(reads: reads, blockSize: target.capacity.blockSize, outcome: outcome), outcome, reads)
+    }
+
+    /// The `--per-read` CSV.
+    static func perReadCSV(reads: [TraceRead], outcome: ReplayOutcome) -> String {
+        let errors = Dictionary(outcome.failures.map { ($0.index, $0.message) }, uniquingKeysWith: { first, _ in first })
+        var text = "index,lba,blocks,ready_us,issued_us,completed_us,error\n"
+        for (index, read) in reads.enumerated() where index < outcome.issueTimes.count {
+            let ready = index < outcome.readyTimes.count ? String(outcome.readyTimes[index]) : ""
+            let error = (errors[index] ?? "").replacingOccurrences(of: ",", with: ";")
+                .replacingOccurrences(of: "\n", with: " ")
+            text += "\(index),\(read.lba),\(read.blocks),\(ready),\(outcome.issueTimes[index]),"
+                + "\(outcome.completionTimes[index]),\(error)\n"
+        }
+        return text
     }
 
     private static func log(_ line: String) {
@@ -222,7 +279,9 @@ struct TraceReplayCommand: AsyncParsableCommand {
         lines.append(
             "think      \(seconds(report.thinkSeconds))"
                 + (report.keptThinkTime ? " (the trace's own)" : " (dropped: --no-think)"))
-        lines.append("stall      \(seconds(report.stallSeconds))")
+        lines.append(
+            "stall      \(seconds(report.stallSeconds))"
+                + " (of which the replay's own lateness \(seconds(report.harnessLateSeconds)))")
         lines.append(
             "trace      span \(seconds(report.traceSpanSeconds)), think \(seconds(report.traceThinkSeconds)),"
                 + " stall \(seconds(report.traceStallSeconds)), max concurrency \(report.traceMaxConcurrency)")

@@ -214,7 +214,19 @@ struct CLITourTests {
 
         let replay = try tour.ok(["trace", "replay", "1", "--url", tour.daemon.url(0), "--json"] + db)
         #expect(replay.contains("stall"), "\(replay)")
+        let perRead = scratch + "/per-read.csv"
+        let polled = try tour.ok(
+            ["trace", "replay", "1", "--url", tour.daemon.url(0), "--poll-us", "100", "--busy-think", "--per-read",
+             perRead] + db)
+        #expect(polled.contains("replay's own lateness"), "\(polled)")
+        let rows = ((try? String(contentsOfFile: perRead, encoding: .utf8)) ?? "").split(separator: "\n")
+        #expect(rows.first == "index,lba,blocks,ready_us,issued_us,completed_us,error")
+        #expect(rows.count > 10, "one row per read")
         try tour.fails(["trace", "replay", "1", "--url", "http://x"] + db, "iscsi://")
+        try tour.fails(["trace", "replay", "1", "--url", tour.daemon.url(0), "--poll-us", "-1"] + db, "--poll-us")
+        try tour.fails(
+            ["trace", "replay", "1", "--url", tour.daemon.url(0), "--per-read", scratch + "/no/such/dir/x.csv"] + db,
+            "cannot write")
         try tour.ok(["trace", "delete", "2"] + db)
         try tour.fails(["trace", "delete", "2"] + db, "2")
     }

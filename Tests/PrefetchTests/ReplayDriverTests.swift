@@ -118,6 +118,29 @@ struct ReplayDriverTests {
         #expect(report.reads == 30)
     }
 
+    @Test("think times are kept: each read goes no earlier than its gap after the read it waited on", arguments: [1, 3])
+    func thinkTimesKept(sessions: Int) async {
+        let thinks: [UInt64] = [0, 2000, 0, 500, 3000, 0, 0, 1200]
+        let reads = sequentialTrace(thinks: thinks, services: [150, 40])
+        let shared = FakeReplayDevice.Shared()
+        shared.serviceMicroseconds = 200
+        let outcome = await ReplayDriver.runOnThread(
+            reads: reads, devices: FakeReplayDevice.sessions(sessions, shared: shared))
+        #expect(shared.maxInFlight == 1)
+        #expect(outcome.readyTimes.count == reads.count)
+        #expect(outcome.lateness.count == reads.count)
+        for index in 1..<reads.count {
+            // The schedule allowed read i at read i−1's measured completion plus the recorded gap ...
+            #expect(outcome.readyTimes[index] == outcome.completionTimes[index - 1] + thinks[index])
+            // ... and the driver never sent it before.
+            #expect(outcome.issueTimes[index] >= outcome.readyTimes[index])
+            #expect(outcome.lateness[index] == outcome.issueTimes[index] - outcome.readyTimes[index])
+        }
+        let report = ReplayReport(reads: reads, blockSize: 512, outcome: outcome)
+        #expect(report.thinkSeconds == Double(thinks.reduce(0, +)) / 1e6)
+        #expect(report.harnessLateSeconds == Double(outcome.lateness.reduce(0, +)) / 1e6)
+    }
+
     @Test("a failed read is reported with its index and LBA; the replay goes on")
     func failures() async {
         let reads = sequentialTrace(thinks: Array(repeating: 1, count: 10), services: [10])
@@ -155,7 +178,7 @@ struct ReplayDriverTests {
         for key in [
             "reads", "bytes", "errors", "sessions", "keptThinkTime", "totalSeconds", "thinkSeconds", "stallSeconds",
             "traceSpanSeconds", "traceThinkSeconds", "traceStallSeconds", "traceMaxConcurrency",
-            "replayMaxConcurrency", "latency", "histogram", "failures",
+            "replayMaxConcurrency", "latency", "histogram", "failures", "harnessLateSeconds", "idleStallSeconds",
         ] {
             #expect(object[key] != nil, "\(key)")
         }

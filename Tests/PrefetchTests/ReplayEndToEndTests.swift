@@ -85,8 +85,10 @@ struct ReplayEndToEndTests {
         return Trace(info: info, reads: sequential + bursts)
     }
 
-    @Test("a replay through libiscsi sends every read of the trace to the LUN and reports its count and bytes")
-    func replayThroughLibiscsi() async throws {
+    @Test(
+        "a replay through libiscsi sends every read of the trace to the LUN and reports its count and bytes",
+        arguments: [0, 200])
+    func replayThroughLibiscsi(pollMicroseconds: Int) async throws {
         let target = try await ReplayTestTarget.start()
         let trace = Self.trace()
         let sessions = Replay.defaultSessions(for: trace.reads)
@@ -94,9 +96,11 @@ struct ReplayEndToEndTests {
         let url = target.url
         let lun = try await onReplayThread {
             try ISCSIReplayTarget.connect(
-                url: url, initiator: "iqn.2026-11.org.livemount:replay-test-client", count: sessions)
+                url: url, initiator: "iqn.2026-11.org.livemount:replay-test-client", count: sessions,
+                pollMicroseconds: pollMicroseconds)
         }
         #expect(lun.sessions.count == 3)
+        #expect(lun.sessions.allSatisfy { $0.pollMicroseconds == pollMicroseconds })
         #expect(lun.capacity.blockCount == 8192)
         let reads = try Replay.reads(of: trace, lunBlockSize: lun.capacity.blockSize)
         try Replay.checkCapacity(reads, blockCount: lun.capacity.blockCount)
@@ -111,6 +115,9 @@ struct ReplayEndToEndTests {
         #expect(report.latency.count == 15)
         #expect(report.replayMaxConcurrency <= 3)
         #expect(report.totalSeconds >= report.thinkSeconds)
+        // Every read was sent no earlier than the schedule allowed.
+        #expect(outcome.readyTimes.count == reads.count)
+        #expect(zip(outcome.issueTimes, outcome.readyTimes).allSatisfy { $0 >= $1 })
         let seen = target.seen.all.map { "\($0.offset)+\($0.length)" }.sorted()
         let expected = reads.map { "\($0.lba * 512)+\(Int($0.blocks) * 512)" }.sorted()
         #expect(seen == expected)
@@ -135,18 +142,24 @@ struct ReplayEndToEndTests {
         await target.server.shutdown()
     }
 
-    @Test("a read the LUN fails is reported with its index and LBA; the others still reach it")
-    func failedRead() async throws {
+    @Test(
+        "a read the LUN fails is reported with its index, LBA and sense; the others still reach it",
+        arguments: [0, 200])
+    func failedRead(pollMicroseconds: Int) async throws {
         // Fail the fourth read (LBA 48) with a medium error.
         let target = try await ReplayTestTarget.start(failing: 48 * 512..<(48 * 512 + 512))
         let trace = Self.trace()
         let url = target.url
         let lun = try await onReplayThread {
-            try ISCSIReplayTarget.connect(url: url, initiator: "iqn.2026-11.org.livemount:replay-test-client", count: 2)
+            try ISCSIReplayTarget.connect(
+                url: url, initiator: "iqn.2026-11.org.livemount:replay-test-client", count: 2,
+                pollMicroseconds: pollMicroseconds)
         }
         let outcome = await ReplayDriver.runOnThread(reads: trace.reads, devices: lun.sessions)
         _ = try await onReplayThread { lun.logout() }
         #expect(outcome.failures.map(\.index) == [3])
+        // CHECK CONDITION with MEDIUM ERROR sense (SPC-4 §4.5.6: sense key 3h).
+        #expect(outcome.failures.first?.message.contains("status 0x2 (sense key 0x3") == true, "\(outcome.failures)")
         #expect(outcome.failures.map(\.lba) == [48])
         #expect(ReplayReport(reads: trace.reads, blockSize: 512, outcome: outcome).errors == 1)
         #expect(target.seen.all.count == trace.reads.count - 1)

@@ -244,6 +244,52 @@ struct ReplayFigureTests {
         #expect(timing.think == 500)
     }
 
+    @Test("the think time of a sequential trace is the sum of its gaps; with instant storage a replay takes that")
+    func instantStorageSequential() throws {
+        let thinks: [UInt64] = [0, 5, 1000, 0, 20000, 37, 1, 450, 0, 3000]
+        let reads = sequentialTrace(thinks: thinks, services: [100, 900, 250, 4000])
+        #expect(ReplaySchedule.instantStorageSpan(reads: reads, sessions: 1) == thinks.reduce(0, +))
+        #expect(ReplaySchedule.instantStorageSpan(reads: reads, sessions: 4) == thinks.reduce(0, +))
+        // Equal to the trace's idle time when no reads overlap.
+        #expect(ReplaySchedule.instantStorageSpan(reads: reads, sessions: 1) == TraceTiming(reads: reads).think)
+        let replay = try simulate(reads, sessions: 1) { _ in 0 }
+        #expect(replay.completed.last == thinks.reduce(0, +))
+    }
+
+    @Test("with overlapping reads the kept gaps exceed the trace's idle time; a simulated replay agrees")
+    func instantStorageOverlap() throws {
+        let reads = burstTrace(bursts: 6, width: 3)
+        let span = ReplaySchedule.instantStorageSpan(reads: reads, sessions: 3)
+        let replay = try simulate(reads, sessions: 3) { _ in 0 }
+        #expect(span == replay.completed.max())
+        // A burst's reads go 5 µs apart while the first is outstanding, so up to 10 µs per burst that the trace
+        // did not spend idle are kept as gaps.
+        let idle = TraceTiming(reads: reads).think
+        #expect(span > idle)
+        #expect(span - idle <= 6 * 10)
+    }
+
+    @Test("readiness is a pure look ahead: it names the time nextAction issues at, and moves only on issue")
+    func readiness() {
+        let reads = sequentialTrace(thinks: [0, 300, 700], services: [100])
+        var schedule = ReplaySchedule(reads: reads, sessions: 2)
+        #expect(schedule.readiness() == .at(0))
+        #expect(schedule.nextAction(now: 5) == .issue(index: 0))
+        #expect(schedule.readyTimes[0] == 0)
+        #expect(schedule.readiness() == .awaitCompletion)
+        schedule.readCompleted(0, at: 1000)
+        #expect(schedule.readiness() == .at(1300))
+        #expect(schedule.readiness() == .at(1300))
+        #expect(schedule.nextAction(now: 1200) == .wait(until: 1300))
+        #expect(schedule.nextAction(now: 1340) == .issue(index: 1))
+        #expect(schedule.readyTimes[1] == 1300)
+        #expect(schedule.issueTimes[1] == 1340)
+        schedule.readCompleted(1, at: 2000)
+        #expect(schedule.nextAction(now: 2700) == .issue(index: 2))
+        schedule.readCompleted(2, at: 2800)
+        #expect(schedule.readiness() == .finished)
+    }
+
     @Test("the report's stall is the replay's total minus the trace's think time")
     func report() {
         let reads = [
@@ -258,8 +304,13 @@ struct ReplayFigureTests {
         #expect(report.bytes == 33 * 512)
         #expect(report.errors == 1)
         #expect(report.totalSeconds == 2500 / 1e6)
-        #expect(report.thinkSeconds == 750 / 1e6)
+        // The gaps the replay keeps: read 1 goes 50 µs after read 0 (nothing had completed), read 2 150 µs
+        // after read 1's completion, read 3 600 µs after read 2's: 800 µs, 50 more than the trace's idle time
+        // (read 1's gap overlapped read 0).
+        #expect(report.thinkSeconds == 800 / 1e6)
         #expect(report.stallSeconds == report.totalSeconds - report.thinkSeconds)
+        #expect(report.idleStallSeconds == report.totalSeconds - 750 / 1e6)
+        #expect(report.traceThinkSeconds == 750 / 1e6)
         #expect(report.traceSpanSeconds == 1200 / 1e6)
         #expect(report.traceStallSeconds == 450 / 1e6)
         #expect(report.traceMaxConcurrency == 2)
