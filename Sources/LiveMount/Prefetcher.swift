@@ -154,10 +154,12 @@ public final class Prefetcher: Sendable {
         let first = Int(offset / chunkSize)
         let last = min(Int((offset + UInt64(length) - 1) / chunkSize), manifest.chunkCount - 1)
         var unpin: [ChunkID] = []
-        let (prefetched, actions) = state.withLock { state -> (Bool, [PlanFollower.Action]) in
-            guard !state.closed else { return (false, []) }
+        let (prefetched, actions, counted) = state.withLock { state -> (Bool, [PlanFollower.Action], Bool) in
+            guard !state.closed else { return (false, [], false) }
             var allHit = true
             var anyBackup = false
+            // Whether a figure moved: a chunk read for the first time.
+            var counted = false
             if first <= last {
                 for index in first...last {
                     guard let id = manifest.chunk(at: index) else { continue }
@@ -189,15 +191,17 @@ public final class Prefetcher: Sendable {
                         }
                     }
                     state.chunks[index] = .read
+                    counted = true
                 }
             }
             let (touched, actions) = state.follower.guestRead(offset: offset, length: UInt64(length))
             for entry in touched { unpin += state.pins.removeValue(forKey: entry) ?? [] }
-            return (anyBackup && allHit, actions)
+            return (anyBackup && allHit, actions, counted)
         }
         for id in unpin { cache.unpin(id) }
         perform(actions)
-        updateMetrics()
+        // Most of a boot's reads land in chunks it already read: nothing to publish then.
+        if counted { updateMetrics() }
         return prefetched
     }
 
