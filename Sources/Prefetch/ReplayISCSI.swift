@@ -30,8 +30,9 @@ public struct ISCSIReplayTarget: Sendable {
     public var capacity: ISCSIClient.Capacity
 
     /// Logs `count` sessions in to the LUN at `url` (`iscsi://HOST[:PORT]/IQN/LUN`) as `initiator`, each with
-    /// its own ISID and polling `pollMicroseconds` for each answer, and reads the capacity on each (so that no replayed read pays for it). Blocks: call it
-    /// from a thread of its own. On failure the sessions already made are logged out.
+    /// its own ISID and polling `pollMicroseconds` for each answer, and reads the capacity on each (so that no
+    /// replayed read pays for it). Blocks: call it from a thread of its own. On failure the sessions already
+    /// made are logged out.
     public static func connect(
         url: String, initiator: String, count: Int, timeoutSeconds: Int = 30, pollMicroseconds: Int = 0
     ) throws(ReplayError) -> ISCSIReplayTarget {
