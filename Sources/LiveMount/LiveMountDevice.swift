@@ -154,9 +154,9 @@ public final class LiveMountDevice: BlockDevice {
         return result
     }
 
-    /// The inline read path (no I/O submitted): a range inside one chunk of the backup that the guest has not
-    /// written, served from zeros (an elided chunk, or what the guest unmapped) or from a cache slot the kernel's
-    /// page cache holds. Nil otherwise, or while a recorder or prefetcher listens (they see every read).
+    /// The inline read path (no I/O submitted): a range of the backup that the guest has not written, each chunk
+    /// of it served from zeros (an elided chunk, or what the guest unmapped) or from a cache slot the kernel's
+    /// page cache holds. Nil otherwise. A recorder or prefetcher that listens is told of each read served here.
     public func readIfReady(offset: UInt64, length: Int) -> ByteBuffer? {
         if switched.load(ordering: .acquiring) {
             return relocation.withLock({ $0.primary })?.readIfReady(offset: offset, length: length)
@@ -185,9 +185,38 @@ public final class LiveMountDevice: BlockDevice {
             }
         }
         let chunkSize = UInt64(manifest.chunkSize)
-        let index = Int(offset / chunkSize)
-        guard Int((offset + UInt64(length) - 1) / chunkSize) == index else { return nil }
-        let start = Int(offset - UInt64(index) * chunkSize)
+        let first = Int(offset / chunkSize)
+        let last = Int((offset + UInt64(length) - 1) / chunkSize)
+        if first == last {
+            guard let (data, source) = chunkIfReady(first, offset: offset, length: length) else { return nil }
+            noteRead(chunk: first, offset: offset, length: length)
+            return (data, source)
+        }
+        // Across chunks: each piece inline, or none. A piece the page cache does not hold sends the whole read on
+        // to `readAsync`, where the pieces already read here count as hits once more (rare: the kernel dropped
+        // part of a slot since it was read).
+        guard last - first < Self.mostChunksPerCallbackRead else { return nil }
+        var joined = ByteBuffer()
+        joined.reserveCapacity(length)
+        var fromCache = false
+        for index in first...last {
+            let lower = max(offset, UInt64(index) * chunkSize)
+            let upper = min(offset + UInt64(length), UInt64(index + 1) * chunkSize)
+            guard let (bytes, source) = chunkIfReady(index, offset: lower, length: Int(upper - lower)) else {
+                return nil
+            }
+            var piece = bytes
+            if source == .cache { fromCache = true }
+            joined.writeBuffer(&piece)
+        }
+        noteRead(chunk: first, offset: offset, length: length)
+        return (joined, fromCache ? .cache : .zero)
+    }
+
+    /// `length` bytes at `offset`, all within chunk `index`: zeros for an elided zero chunk or past the disk's
+    /// end, else a cache slot's bytes if the page cache holds them; nil otherwise.
+    private func chunkIfReady(_ index: Int, offset: UInt64, length: Int) -> (ByteBuffer, ReadSource)? {
+        let start = Int(offset - UInt64(index) * UInt64(manifest.chunkSize))
         guard index < manifest.chunkCount, let id = manifest.chunk(at: index) else {
             return (ByteBuffer(repeating: 0, count: length), .zero)
         }
@@ -198,14 +227,13 @@ public final class LiveMountDevice: BlockDevice {
             return nil
         }
         if available < length { data.writeRepeatingByte(0, count: length - available) }
-        noteRead(chunk: index, offset: offset, length: length)
         return (data, .cache)
     }
 
     /// The callback read path for what needs no fetch: a range that is one overlay extent and either the
-    /// guest's data (read from the overlay file), zeros it unmapped, or the backup within one chunk that is an
-    /// elided zero chunk or resident and verified in the cache. Anything else (several extents, several
-    /// chunks, a cache miss) returns false with no effect, and the caller uses `read`. A cache slot that fails
+    /// guest's data (read from the overlay file), zeros it unmapped, or the backup where each chunk it touches
+    /// is an elided zero chunk or resident and verified in the cache. Anything else (several extents, a cache
+    /// miss) returns false with no effect, and the caller uses `read`. A cache slot that fails
     /// while being read is dropped and the range read again through `read` (from the source), as there.
     public func readAsync(
         offset: UInt64, length: Int, completion: @escaping @Sendable (Result<ByteBuffer, BlockDeviceError>) -> Void
@@ -291,28 +319,76 @@ public final class LiveMountDevice: BlockDevice {
         }
     }
 
-    /// The backup part of `readAsync`: one chunk, zero or cached.
+    /// The backup part of `readAsync`: chunks that are zero or cached. A read within one chunk goes straight to
+    /// the cache. A read across chunks (a 128 KiB read crosses a 1 MiB chunk boundary one time in eight) is
+    /// split by chunk when every chunk is zero or resident now; each piece goes by itself and the pieces are
+    /// joined in order, so such a read makes no hop to the task pool, as the single-chunk read does not.
     private func readBackupAsync(
         offset: UInt64, length: Int, completion: @escaping @Sendable (Result<ByteBuffer, BlockDeviceError>) -> Void
     ) -> Bool {
         let chunkSize = UInt64(manifest.chunkSize)
-        let index = Int(offset / chunkSize)
-        guard Int((offset + UInt64(length) - 1) / chunkSize) == index else { return false }
-        let start = Int(offset - UInt64(index) * chunkSize)
+        let first = Int(offset / chunkSize)
+        let last = Int((offset + UInt64(length) - 1) / chunkSize)
+        if first == last {
+            let submitted = readChunkAsync(first, offset: offset, length: length, completion: completion)
+            if submitted { noteRead(chunk: first, offset: offset, length: length) }
+            return submitted
+        }
+        // Several chunks: all of them must be at hand, or the read goes to `read` (which fetches in parallel).
+        guard last - first < Self.mostChunksPerCallbackRead,
+            (first...last).allSatisfy({ index in
+                guard index < manifest.chunkCount, let id = manifest.chunk(at: index) else { return true }
+                return cache.contains(id)
+            })
+        else { return false }
+        let join = PieceJoin(pieces: last - first + 1, completion: completion)
+        for index in first...last {
+            let lower = max(offset, UInt64(index) * chunkSize)
+            let upper = min(offset + UInt64(length), UInt64(index + 1) * chunkSize)
+            let piece = index - first
+            let submitted = readChunkAsync(index, offset: lower, length: Int(upper - lower)) { result in
+                join.deliver(piece, result)
+            }
+            if !submitted {
+                // The slot went (or is not verified yet) since the check: this piece through the cache, which
+                // fetches it again if need be.
+                let start = Int(lower - UInt64(index) * chunkSize)
+                let range = start..<(start + Int(upper - lower))
+                Task {
+                    do throws(BlockDeviceError) {
+                        join.deliver(piece, .success(try await self.readChunk(index, range: range)))
+                    } catch {
+                        join.deliver(piece, .failure(error))
+                    }
+                }
+            }
+        }
+        noteRead(chunk: first, offset: offset, length: length)
+        return true
+    }
+
+    /// At most this many chunks in one callback read (a 32 MiB read at 1 MiB chunks); longer reads go to `read`.
+    static let mostChunksPerCallbackRead = 32
+
+    /// `length` bytes at `offset`, all within chunk `index`: zeros for an elided zero chunk or past the disk's
+    /// end, else from the cache if the chunk is resident and verified (false, with no effect, if it is not).
+    private func readChunkAsync(
+        _ index: Int, offset: UInt64, length: Int,
+        completion: @escaping @Sendable (Result<ByteBuffer, BlockDeviceError>) -> Void
+    ) -> Bool {
+        let start = Int(offset - UInt64(index) * UInt64(manifest.chunkSize))
         let range = start..<(start + length)
         guard index < manifest.chunkCount, let id = manifest.chunk(at: index) else {
-            noteRead(chunk: index, offset: offset, length: length)
             completion(.success(ByteBuffer(repeating: 0, count: length)))
             return true
         }
         let chunkLength = manifest.length(ofChunk: index)
         let available = max(0, min(range.upperBound, chunkLength) - range.lowerBound)
         guard available > 0 else {
-            noteRead(chunk: index, offset: offset, length: length)
             completion(.success(ByteBuffer(repeating: 0, count: length)))
             return true
         }
-        let submitted = cache.readIfCached(
+        return cache.readIfCached(
             id, chunkLength: chunkLength, range: range.lowerBound..<(range.lowerBound + available)
         ) { [self] result in
             switch result {
@@ -330,8 +406,46 @@ public final class LiveMountDevice: BlockDevice {
                 }
             }
         }
-        if submitted { noteRead(chunk: index, offset: offset, length: length) }
-        return submitted
+    }
+
+    /// The pieces of a callback read across chunks: completes once with all of them joined in order, or with the
+    /// first error (later pieces are then dropped).
+    private final class PieceJoin: Sendable {
+        private struct State {
+            var pieces: [ByteBuffer?]
+            var remaining: Int
+            var done = false
+        }
+        private let state: Mutex<State>
+        private let completion: @Sendable (Result<ByteBuffer, BlockDeviceError>) -> Void
+
+        init(pieces: Int, completion: @escaping @Sendable (Result<ByteBuffer, BlockDeviceError>) -> Void) {
+            state = Mutex(State(pieces: Array(repeating: nil, count: pieces), remaining: pieces))
+            self.completion = completion
+        }
+
+        func deliver(_ piece: Int, _ result: Result<ByteBuffer, BlockDeviceError>) {
+            let outcome = state.withLock { state -> Result<ByteBuffer, BlockDeviceError>? in
+                guard !state.done, state.pieces.indices.contains(piece), state.pieces[piece] == nil else { return nil }
+                switch result {
+                case .failure(let error):
+                    state.done = true
+                    state.pieces = []
+                    return .failure(error)
+                case .success(let bytes):
+                    state.pieces[piece] = bytes
+                    state.remaining -= 1
+                    guard state.remaining == 0 else { return nil }
+                    state.done = true
+                    var joined = ByteBuffer()
+                    joined.reserveCapacity(state.pieces.reduce(0) { $0 + ($1?.readableBytes ?? 0) })
+                    for case var bytes? in state.pieces { joined.writeBuffer(&bytes) }
+                    state.pieces = []
+                    return .success(joined)
+                }
+            }
+            if let outcome { completion(outcome) }
+        }
     }
 
     /// One overlay extent: the guest's data, zeros it unmapped, or the backup beneath.
