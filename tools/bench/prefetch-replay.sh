@@ -4,7 +4,7 @@
 # on 127.0.0.1 only.
 #
 #   tools/bench/prefetch-replay.sh [-l LATENCY_MS] [-t TRACES] [-i IMAGE] [-r REPLAY_TRACE] [-n ROUNDS]
-#                                  [-p POLL_US] [-b] [-c CPUS] [-B BINDIR]
+#                                  [-p POLL_US] [-b] [-c CPUS] [-B BINDIR] [-P]
 #
 # TRACES: a directory of boot traces (CSV, `livemount trace export` format) of one image, recorded by
 # tools/boot/record-traces.sh; default Tests/PrefetchTests/Traces. The last one (by name) is replayed, or -r
@@ -30,11 +30,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 latency=10; traces=Tests/PrefetchTests/Traces; image=""; replay=""; rounds=1; poll=200; cpus=""; bindir=""
-busy=0
-while getopts "l:t:i:r:n:p:c:B:b" opt; do
+busy=0; peer=1
+while getopts "l:t:i:r:n:p:c:B:bP" opt; do
   case $opt in
     l) latency=$OPTARG ;; t) traces=$OPTARG ;; i) image=$OPTARG ;; r) replay=$OPTARG ;; n) rounds=$OPTARG ;;
-    p) poll=$OPTARG ;; c) cpus=$OPTARG ;; B) bindir=$OPTARG ;; b) busy=1 ;; *) exit 2 ;;
+    p) poll=$OPTARG ;; c) cpus=$OPTARG ;; B) bindir=$OPTARG ;; b) busy=1 ;; P) peer=0 ;; *) exit 2 ;;
   esac
 done
 . tools/bench/lib.sh  # free_port, release_binaries
@@ -50,9 +50,14 @@ mapfile -t files < <(ls "$traces"/*.csv 2>/dev/null | sort)
 train=(); for f in "${files[@]}"; do [ "$f" = "$replay" ] || train+=("$f"); done
 
 work=$(mktemp -d /var/tmp/livemount-prefetch-bench.XXXXXX)
-daemon=""
+daemon=""; tgt=""; ctl=$((20 + RANDOM % 100))
 cleanup() {
   [ -n "$daemon" ] && kill "$daemon" 2>/dev/null || true
+  if [ -n "$tgt" ]; then
+    # tgtd ignores SIGTERM while it still has targets.
+    tgtadm -C "$ctl" --op delete --mode system --force >/dev/null 2>&1 || true
+    kill "$tgt" 2>/dev/null || true; sleep 0.5; kill -KILL "$tgt" 2>/dev/null || true
+  fi
   wait 2>/dev/null || true
   rm -rf "$work"
 }
@@ -105,6 +110,23 @@ start_daemon() { # extra --lun options
 stop_daemon() { kill "$daemon"; wait "$daemon" 2>/dev/null || true; daemon=""; }
 replay_json() { "${pin[@]}" "$lm" trace replay "$replay" --url "iscsi://127.0.0.1:$port/$iqn/0" --json "${poll_args[@]}" "$@"; }
 
+# (d): tgt, the peer, serving the raw image from the page cache, pinned as the daemon is.
+if [ "$peer" = 1 ]; then
+  command -v tgtd >/dev/null || { echo "tgtd not found (apt install tgt), or -P to skip the floor" >&2; exit 1; }
+  tport=$(free_port); tiqn=iqn.2026-11.org.livemount:bootbench-tgt
+  "${pin[@]}" tgtd -f -C "$ctl" --iscsi "portal=127.0.0.1:$tport" >"$work/tgtd.log" 2>&1 &
+  tgt=$!
+  for _ in $(seq 1 50); do tgtadm -C "$ctl" --op show --mode target >/dev/null 2>&1 && break; sleep 0.1; done
+  tgtadm -C "$ctl" --lld iscsi --op new --mode target --tid 1 -T "$tiqn"
+  tgtadm -C "$ctl" --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -b "$image"
+  tgtadm -C "$ctl" --lld iscsi --op bind --mode target --tid 1 -I ALL
+  cat "$image" >/dev/null
+fi
+peer_json() {
+  [ "$peer" = 1 ] || { echo null; return; }
+  "${pin[@]}" "$lm" trace replay "$replay" --url "iscsi://127.0.0.1:$tport/$tiqn/1" --json "${poll_args[@]}" "$@"
+}
+
 echo "replaying $(basename "$replay"), plan trained on ${#train[@]} other boot(s), ${latency} ms per chunk read," \
   "${rounds} round(s), replay options: ${poll_args[*]:-none}${cpus:+, pinned to CPUs $cpus}, binaries in $bindir" >&2
 results=()
@@ -116,20 +138,23 @@ for round in $(seq 1 "$rounds"); do
   bstat=$("$lm" mount status --target "$iqn" --lun 0 --json --socket "$work/state/control.sock"); stop_daemon
   # (c): one replay without think time fills the cache, the second is measured.
   start_daemon ",prefetch=off"; replay_json --no-think >/dev/null; c=$(replay_json); stop_daemon
+  peer_json --no-think >/dev/null; d=$(peer_json)
   results+=("$(python3 -c 'import json,sys; print(json.dumps(dict(a=json.loads(sys.argv[1]), b=json.loads(sys.argv[2]),
-    c=json.loads(sys.argv[3]), st=json.loads(sys.argv[4]), startup=float(sys.argv[5]))))' \
-    "$a" "$b" "$c" "$bstat" "$(python3 -c "print($ready - $started)")")")
+    c=json.loads(sys.argv[3]), st=json.loads(sys.argv[4]), startup=float(sys.argv[5]), d=json.loads(sys.argv[6]))))' \
+    "$a" "$b" "$c" "$bstat" "$(python3 -c "print($ready - $started)")" "$d")")
 done
 
 python3 - "${results[@]}" <<'PY'
 import json, statistics, sys
 rounds = [json.loads(x) for x in sys.argv[1:]]
 print(f"{'round':5} {'run':24} {'total s':>8} {'stall s':>8} {'idle-stall s':>12} {'late s':>7} {'p50 ms':>7} {'p99 ms':>7}")
-ratios_stall, ratios_idle, ratios_total, errors = [], [], [], 0
+ratios_stall, ratios_idle, ratios_total, floors, aboves, errors = [], [], [], [], [], 0
 for i, r in enumerate(rounds, 1):
-    a, b, c, st = r['a'], r['b'], r['c'], r['st']
+    a, b, c, st, d = r['a'], r['b'], r['c'], r['st'], r.get('d')
     p = st.get("prefetch") or {}
-    for name, x in (("(a) cold, no prefetch", a), ("(b) cold, trained plan", b), ("(c) fully cached", c)):
+    runs = [("(a) cold, no prefetch", a), ("(b) cold, trained plan", b), ("(c) fully cached", c)]
+    if d: runs.append(("(d) tgt, page cache", d))
+    for name, x in runs:
         late = x.get('harnessLateSeconds', float('nan'))
         idle = x.get('idleStallSeconds', x['stallSeconds'])
         print(f"{i:<5} {name:24} {x['totalSeconds']:8.2f} {x['stallSeconds']:8.2f} {idle:12.2f} {late:7.2f} "
@@ -146,6 +171,13 @@ for i, r in enumerate(rounds, 1):
           f"(daemon start to listening {r['startup']:.2f} s); staged {p.get('stagedBytes', 0)/1048576:.1f} MiB, "
           f"used {p.get('usedBytes', 0)/1048576:.1f} MiB; plan {p.get('planEntries', 0)} extents, "
           f"{p.get('planBytes', 0)/1048576:.1f} MiB; lead time median {p.get('leadTimeMedian', 0):.2f} s")
+    if d:
+        sa, sb, sd = a['stallSeconds'], b['stallSeconds'], d['stallSeconds']
+        floors.append(sd / sa if sa > 0 else float('nan'))
+        aboves.append((sb - sd) / (sa - sd) if sa > sd else float('nan'))
+        print(f"      floor: stall(d)/stall(a) = {floors[-1]:.3f} (the least stall(b)/stall(a) any target reaches here); "
+              f"above the floor, (stall(b)-stall(d))/(stall(a)-stall(d)) = {aboves[-1]:.3f}")
+        errors += d['errors']
     errors += a['errors'] + b['errors'] + c['errors']
 a = rounds[0]['a']
 print(f"trace: {a['reads']} reads, {a['bytes']/1048576:.1f} MiB, think time {a['thinkSeconds']:.2f} s as replayed "
@@ -154,5 +186,8 @@ print(f"trace: {a['reads']} reads, {a['bytes']/1048576:.1f} MiB, think time {a['
 print(f"median of {len(rounds)} round(s): stall(b)/stall(a) = {statistics.median(ratios_stall):.3f} "
       f"(against idle time {statistics.median(ratios_idle):.3f}), "
       f"total(b)/total(c) = {statistics.median(ratios_total):.3f}")
+if floors:
+    print(f"median floor stall(d)/stall(a) = {statistics.median(floors):.3f}, "
+          f"above the floor (b-d)/(a-d) = {statistics.median(aboves):.3f}")
 if errors: print(f"{errors} read errors"); sys.exit(1)
 PY
