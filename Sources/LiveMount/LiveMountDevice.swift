@@ -184,27 +184,22 @@ public final class LiveMountDevice: BlockDevice {
             case .absent: break
             }
         }
-        let chunkSize = UInt64(manifest.chunkSize)
-        let first = Int(offset / chunkSize)
-        let last = Int((offset + UInt64(length) - 1) / chunkSize)
-        if first == last {
-            guard let (data, source) = chunkIfReady(first, offset: offset, length: length) else { return nil }
+        let pieces = chunkPieces(offset: offset, length: length)
+        guard let first = pieces.first?.index else { return nil }
+        if pieces.count == 1 {
+            guard let (data, source) = chunkIfReady(first, range: pieces[pieces.startIndex].range) else { return nil }
             noteRead(chunk: first, offset: offset, length: length)
             return (data, source)
         }
         // Across chunks: each piece inline, or none. A piece the page cache does not hold sends the whole read on
         // to `readAsync`, where the pieces already read here count as hits once more (rare: the kernel dropped
         // part of a slot since it was read).
-        guard last - first < Self.mostChunksPerCallbackRead else { return nil }
+        guard pieces.count <= Self.mostChunksPerCallbackRead else { return nil }
         var joined = ByteBuffer()
         joined.reserveCapacity(length)
         var fromCache = false
-        for index in first...last {
-            let lower = max(offset, UInt64(index) * chunkSize)
-            let upper = min(offset + UInt64(length), UInt64(index + 1) * chunkSize)
-            guard let (bytes, source) = chunkIfReady(index, offset: lower, length: Int(upper - lower)) else {
-                return nil
-            }
+        for (index, range) in pieces {
+            guard let (bytes, source) = chunkIfReady(index, range: range) else { return nil }
             var piece = bytes
             if source == .cache { fromCache = true }
             joined.writeBuffer(&piece)
@@ -213,20 +208,34 @@ public final class LiveMountDevice: BlockDevice {
         return (joined, fromCache ? .cache : .zero)
     }
 
-    /// `length` bytes at `offset`, all within chunk `index`: zeros for an elided zero chunk or past the disk's
-    /// end, else a cache slot's bytes if the page cache holds them; nil otherwise.
-    private func chunkIfReady(_ index: Int, offset: UInt64, length: Int) -> (ByteBuffer, ReadSource)? {
-        let start = Int(offset - UInt64(index) * UInt64(manifest.chunkSize))
+    /// The chunks `length` bytes at `offset` touch, in order, each with the part of it they cover (offsets in the
+    /// chunk). Lazy: the inline and callback paths call it for every read and allocate nothing.
+    private func chunkPieces(offset: UInt64, length: Int)
+        -> LazyMapCollection<Range<Int>, (index: Int, range: Range<Int>)>
+    {
+        let chunkSize = UInt64(manifest.chunkSize)
+        let end = offset + UInt64(max(0, length))
+        let indices = length > 0 ? Int(offset / chunkSize)..<(Int((end - 1) / chunkSize) + 1) : 0..<0
+        return indices.lazy.map { index in
+            let chunkStart = UInt64(index) * chunkSize
+            let lower = max(offset, chunkStart)
+            let upper = min(end, chunkStart + chunkSize)
+            return (index, Int(lower - chunkStart)..<Int(upper - chunkStart))
+        }
+    }
+
+    /// `range` of chunk `index`: zeros for an elided zero chunk or past the disk's end, else a cache slot's bytes
+    /// if the page cache holds them; nil otherwise.
+    private func chunkIfReady(_ index: Int, range: Range<Int>) -> (ByteBuffer, ReadSource)? {
         guard index < manifest.chunkCount, let id = manifest.chunk(at: index) else {
-            return (ByteBuffer(repeating: 0, count: length), .zero)
+            return (ByteBuffer(repeating: 0, count: range.count), .zero)
         }
         let chunkLength = manifest.length(ofChunk: index)
-        let available = max(0, min(start + length, chunkLength) - start)
-        guard available > 0 else { return (ByteBuffer(repeating: 0, count: length), .zero) }
-        guard var data = cache.readIfResident(id, chunkLength: chunkLength, range: start..<(start + available)) else {
-            return nil
-        }
-        if available < length { data.writeRepeatingByte(0, count: length - available) }
+        let available = max(0, min(range.upperBound, chunkLength) - range.lowerBound)
+        guard available > 0 else { return (ByteBuffer(repeating: 0, count: range.count), .zero) }
+        let resident = range.lowerBound..<(range.lowerBound + available)
+        guard var data = cache.readIfResident(id, chunkLength: chunkLength, range: resident) else { return nil }
+        if available < range.count { data.writeRepeatingByte(0, count: range.count - available) }
         return (data, .cache)
     }
 
@@ -326,34 +335,26 @@ public final class LiveMountDevice: BlockDevice {
     private func readBackupAsync(
         offset: UInt64, length: Int, completion: @escaping @Sendable (Result<ByteBuffer, BlockDeviceError>) -> Void
     ) -> Bool {
-        let chunkSize = UInt64(manifest.chunkSize)
-        let first = Int(offset / chunkSize)
-        let last = Int((offset + UInt64(length) - 1) / chunkSize)
-        if first == last {
-            let submitted = readChunkAsync(first, offset: offset, length: length, completion: completion)
+        let pieces = chunkPieces(offset: offset, length: length)
+        guard let first = pieces.first?.index else { return false }
+        if pieces.count == 1 {
+            let submitted = readChunkAsync(first, range: pieces[pieces.startIndex].range, completion: completion)
             if submitted { noteRead(chunk: first, offset: offset, length: length) }
             return submitted
         }
         // Several chunks: all of them must be at hand, or the read goes to `read` (which fetches in parallel).
-        guard last - first < Self.mostChunksPerCallbackRead,
-            (first...last).allSatisfy({ index in
-                guard index < manifest.chunkCount, let id = manifest.chunk(at: index) else { return true }
+        guard pieces.count <= Self.mostChunksPerCallbackRead,
+            pieces.allSatisfy({ piece in
+                guard piece.index < manifest.chunkCount, let id = manifest.chunk(at: piece.index) else { return true }
                 return cache.contains(id)
             })
         else { return false }
-        let join = PieceJoin(pieces: last - first + 1, completion: completion)
-        for index in first...last {
-            let lower = max(offset, UInt64(index) * chunkSize)
-            let upper = min(offset + UInt64(length), UInt64(index + 1) * chunkSize)
-            let piece = index - first
-            let submitted = readChunkAsync(index, offset: lower, length: Int(upper - lower)) { result in
-                join.deliver(piece, result)
-            }
+        let join = PieceJoin(pieces: pieces.count, completion: completion)
+        for (piece, (index, range)) in pieces.enumerated() {
+            let submitted = readChunkAsync(index, range: range) { result in join.deliver(piece, result) }
             if !submitted {
                 // The slot went (or is not verified yet) since the check: this piece through the cache, which
                 // fetches it again if need be.
-                let start = Int(lower - UInt64(index) * chunkSize)
-                let range = start..<(start + Int(upper - lower))
                 Task {
                     do throws(BlockDeviceError) {
                         join.deliver(piece, .success(try await self.readChunk(index, range: range)))
@@ -370,14 +371,12 @@ public final class LiveMountDevice: BlockDevice {
     /// At most this many chunks in one callback read (a 32 MiB read at 1 MiB chunks); longer reads go to `read`.
     static let mostChunksPerCallbackRead = 32
 
-    /// `length` bytes at `offset`, all within chunk `index`: zeros for an elided zero chunk or past the disk's
-    /// end, else from the cache if the chunk is resident and verified (false, with no effect, if it is not).
+    /// `range` of chunk `index`: zeros for an elided zero chunk or past the disk's end, else from the cache if
+    /// the chunk is resident and verified (false, with no effect, if it is not).
     private func readChunkAsync(
-        _ index: Int, offset: UInt64, length: Int,
-        completion: @escaping @Sendable (Result<ByteBuffer, BlockDeviceError>) -> Void
+        _ index: Int, range: Range<Int>, completion: @escaping @Sendable (Result<ByteBuffer, BlockDeviceError>) -> Void
     ) -> Bool {
-        let start = Int(offset - UInt64(index) * UInt64(manifest.chunkSize))
-        let range = start..<(start + length)
+        let length = range.count
         guard index < manifest.chunkCount, let id = manifest.chunk(at: index) else {
             completion(.success(ByteBuffer(repeating: 0, count: length)))
             return true
@@ -469,23 +468,17 @@ public final class LiveMountDevice: BlockDevice {
     private func readBackup(offset: UInt64, length: Int, priority: FetchPriority = .foreground, admit: Bool = true)
         async throws(BlockDeviceError) -> ByteBuffer
     {
-        let chunkSize = UInt64(manifest.chunkSize)
-        let first = Int(offset / chunkSize)
-        let last = Int((offset + UInt64(length) - 1) / chunkSize)
+        let spans = chunkPieces(offset: offset, length: length)
+        guard let first = spans.first?.index, let last = spans.last?.index else { return ByteBuffer() }
         // The guest's sequential reads get readahead; the pump stages for itself.
         if priority == .foreground { noteRead(chunk: first, offset: offset, length: length) }
-        if first == last {
-            let start = Int(offset - UInt64(first) * chunkSize)
-            return try await readChunk(first, range: start..<(start + length), priority: priority, admit: admit)
+        if spans.count == 1 {
+            return try await readChunk(first, range: spans[spans.startIndex].range, priority: priority, admit: admit)
         }
         let pieces: [Int: ByteBuffer]
         do {
             pieces = try await withThrowingTaskGroup(of: (Int, ByteBuffer).self) { group in
-                for index in first...last {
-                    let chunkStart = UInt64(index) * chunkSize
-                    let lower = max(offset, chunkStart)
-                    let upper = min(offset + UInt64(length), chunkStart + chunkSize)
-                    let range = Int(lower - chunkStart)..<Int(upper - chunkStart)
+                for (index, range) in spans {
                     group.addTask {
                         (index, try await self.readChunk(index, range: range, priority: priority, admit: admit))
                     }
